@@ -5,7 +5,7 @@
 # changes: each group writes a stamp file holding the key it was built for.
 #
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (tools/testbin, Kubernetes v1.37.2)
-#   kwok   sigs.k8s.io/kwok v0.8.0
+#   kwok   sigs.k8s.io/kwok v0.8.0 (its stages are copied into internal/testcluster/stages)
 #   helm   helm.sh/helm/v3  v3.22.0
 set -euo pipefail
 
@@ -54,13 +54,4 @@ gobin() {
 gobin kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 gobin helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 
-# kwok's stock stages ship in its module; the test cluster reads them from here.
-stages="$out/kwok-stages"
-if [ ! -f "$stages/.stamp" ] || [ "$(cat "$stages/.stamp")" != "$KWOK_VERSION" ]; then
-  moddir=$(cd "$here/testbin" && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  rm -rf "$stages"; mkdir -p "$stages"
-  cp -r "$moddir/kustomize/stage/." "$stages/"
-  chmod -R u+w "$stages"
-  echo "$KWOK_VERSION" > "$stages/.stamp"
-fi
 echo "testbin: ready in $out"

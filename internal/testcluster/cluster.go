@@ -184,6 +184,8 @@ func (c *Cluster) startControlPlane(ctx context.Context, bin string) error {
 	if err := c.start(bin, "kube-apiserver",
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+		// The "kubernetes" Service's endpoints may not be loopback; nothing here needs them.
+		"--endpoint-reconciler-type=none",
 		"--secure-port="+strconv.Itoa(ports[2]),
 		"--tls-cert-file="+c.path("apiserver.crt"), "--tls-private-key-file="+c.path("apiserver.key"),
 		"--client-ca-file="+c.path("ca.crt"),

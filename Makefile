@@ -1,0 +1,38 @@
+# ebb's build. `make demo` and `make test` are the two commands a newcomer runs; both build
+# what they need first, from the Go module proxy, with nothing installed by hand.
+
+GO      ?= go
+TESTBIN ?= $(CURDIR)/.cache/testbin
+export EBB_TESTBIN := $(TESTBIN)
+
+.PHONY: all build test testbin cluster demo vet fmt
+
+all: build
+
+## build: the ebb binary, into bin/ebb
+build:
+	$(GO) build -o bin/ebb ./cmd/ebb
+
+## testbin: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm
+## at pinned versions, into .cache/testbin (rebuilt only when a pinned version changes)
+testbin:
+	@bash tools/build.sh
+
+## test: every test, against the real local control plane and a real Git server
+test: testbin
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 60m ./...
+
+## cluster: start the dev and prod clusters in the foreground; kubeconfigs in .cache/cluster
+cluster: testbin
+	$(GO) run ./internal/cmd/devcluster --dir .cache/cluster
+
+## demo: ebb's main job on the embedded local cluster
+demo: testbin build
+	$(GO) run ./internal/cmd/devcluster --dir .cache/cluster
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
