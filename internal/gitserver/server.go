@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/cgi"
@@ -59,6 +60,8 @@ func New(root string, opts Options) (*Server, error) {
 		Args: []string{"http-backend"},
 		Dir:  root,
 		Env:  []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"},
+		// http-backend complains on stderr about every missing repository a test asks for.
+		Stderr: io.Discard,
 	}
 	s.handler = s.count(s.authenticate(backend))
 	if err := s.Up(); err != nil {
