@@ -1,0 +1,104 @@
+package planner
+
+import (
+	"fmt"
+	"sort"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// Release is the desired state of one stage: the rendered objects, in apply order, and a
+// content hash that identifies them. The reconciler applies it, records its hash in the
+// stage ledger, and compares hashes to recognise a release it has seen before.
+type Release struct {
+	// Pipeline and Stage name what the release is for.
+	Pipeline string
+	Stage    string
+	// Cluster is the stage's cluster name from the daemon config.
+	Cluster string
+	// Namespace is the stage's namespace, set on every namespaced object.
+	Namespace string
+	// Deployment is the rendered name of the service's Deployment, the object the deployment
+	// model acts on (a namePrefix may have changed it from the pipeline's service).
+	Deployment string
+	// Service is the rendered name of the service's Service, or "" when there is none.
+	Service string
+	// Objects are the rendered objects in apply order: namespaces and cluster-wide objects
+	// first, workloads later. Each carries LabelPipeline and LabelStage. Shared; do not
+	// modify.
+	Objects []*unstructured.Unstructured
+	// Hash is "sha256:<hex>" over the canonical JSON of Objects. Equal inputs give an equal
+	// hash whatever the map order or YAML formatting of the files.
+	Hash string
+	// Images are the images of the Deployment's init containers and containers.
+	Images []string
+}
+
+// ObjectRef identifies an object in a cluster.
+type ObjectRef struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Namespace  string `json:"namespace,omitempty"`
+	Name       string `json:"name"`
+}
+
+// RefOf returns the reference of an object.
+func RefOf(u *unstructured.Unstructured) ObjectRef {
+	return ObjectRef{APIVersion: u.GetAPIVersion(), Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName()}
+}
+
+// String writes Kind/namespace/name, or Kind/name for cluster-wide objects, as kubectl does.
+func (r ObjectRef) String() string {
+	if r.Namespace == "" {
+		return fmt.Sprintf("%s/%s", r.Kind, r.Name)
+	}
+	return fmt.Sprintf("%s/%s/%s", r.Kind, r.Namespace, r.Name)
+}
+
+// applyOrder ranks kinds so that what others depend on is applied first: namespaces before
+// what lives in them, CRDs before custom resources, config before the workloads reading it.
+// Unknown kinds (custom resources) come last.
+var applyOrder = map[string]int{}
+
+func init() {
+	kinds := []string{
+		"Namespace", "ResourceQuota", "LimitRange", "PriorityClass", "StorageClass",
+		"CustomResourceDefinition", "ServiceAccount", "PodSecurityPolicy", "Role", "ClusterRole",
+		"RoleBinding", "ClusterRoleBinding", "ConfigMap", "Secret", "Endpoints",
+		"PersistentVolume", "PersistentVolumeClaim", "NetworkPolicy", "Service", "DaemonSet",
+		"Pod", "ReplicationController", "ReplicaSet", "Deployment", "HorizontalPodAutoscaler",
+		"StatefulSet", "Job", "CronJob", "PodDisruptionBudget", "IngressClass", "Ingress",
+		"APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+	}
+	for i, k := range kinds {
+		applyOrder[k] = i + 1
+	}
+}
+
+func kindRank(kind string) int {
+	if r, ok := applyOrder[kind]; ok {
+		return r
+	}
+	return len(applyOrder) + 1
+}
+
+// sortObjects puts objects in apply order; ties are broken by apiVersion, namespace and name,
+// so the order (and the hash) does not depend on the order of files or resources.
+func sortObjects(objects []*unstructured.Unstructured) {
+	sort.SliceStable(objects, func(i, j int) bool {
+		a, b := objects[i], objects[j]
+		if ra, rb := kindRank(a.GetKind()), kindRank(b.GetKind()); ra != rb {
+			return ra < rb
+		}
+		if a.GetKind() != b.GetKind() {
+			return a.GetKind() < b.GetKind()
+		}
+		if a.GetAPIVersion() != b.GetAPIVersion() {
+			return a.GetAPIVersion() < b.GetAPIVersion()
+		}
+		if a.GetNamespace() != b.GetNamespace() {
+			return a.GetNamespace() < b.GetNamespace()
+		}
+		return a.GetName() < b.GetName()
+	})
+}
