@@ -1,0 +1,156 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// run is one execution in progress: its record, and where to write it.
+type run struct {
+	r   *Reconciler
+	x   *Execution
+	log *slog.Logger
+}
+
+// errParked means the daemon is shutting down: the execution stays as recorded and a
+// restarted daemon continues it.
+var errParked = errors.New("parked for shutdown")
+
+// save writes the execution record. It uses a context of its own, so that a shutdown still
+// records what happened, and retries conflicts, since only this run writes its status.
+func (e *run) save(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		err := e.r.store.UpdateExecution(ctx, e.x)
+		if err == nil || attempt == 5 {
+			return err
+		}
+		if !apierrors.IsConflict(err) {
+			time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+			continue
+		}
+		latest, gerr := e.r.store.GetExecution(ctx, e.x.Name)
+		if gerr != nil {
+			return err
+		}
+		e.x.ResourceVersion = latest.ResourceVersion
+	}
+}
+
+// setPhase records the execution's status and comment.
+func (e *run) setPhase(ctx context.Context, phase Status, comment string) error {
+	e.x.Status.Phase = phase
+	if comment != "" {
+		e.x.Status.Comment = comment
+	}
+	now := metav1.Now()
+	if phase == Running && e.x.Status.StartedAt == nil {
+		e.x.Status.StartedAt = &now
+	}
+	if phase.Terminal() {
+		e.x.Status.FinishedAt = &now
+		e.r.metrics.executions.WithLabelValues(e.x.Spec.Pipeline, string(phase)).Inc()
+	}
+	e.log.Info("execution status", "status", phase, "comment", comment)
+	e.r.event(ctx, e.x, phase, comment)
+	return e.save(ctx)
+}
+
+// stage returns the record of stage name, adding it if missing.
+func (e *run) stage(name string) *StageRecord {
+	for i := range e.x.Status.Stages {
+		if e.x.Status.Stages[i].Name == name {
+			return &e.x.Status.Stages[i]
+		}
+	}
+	e.x.Status.Stages = append(e.x.Status.Stages, StageRecord{Name: name})
+	return &e.x.Status.Stages[len(e.x.Status.Stages)-1]
+}
+
+// task runs fn as task name of stage, recording it RUNNING, then COMPLETED or FAILED with the
+// error's message. A task already COMPLETED in the record (a resumed execution) is skipped,
+// unless it verifies: verification is never trusted across a restart.
+func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifies bool, fn func(context.Context) error) error {
+	t := taskRecord(stage, name)
+	if t.Status == Completed && !verifies {
+		return nil
+	}
+	now := metav1.Now()
+	t.Status, t.StartedAt, t.FinishedAt, t.Message = Running, &now, nil, ""
+	e.x.Status.Stage = stage.Name
+	if err := e.save(ctx); err != nil {
+		return err
+	}
+	e.log.Info("task started", "stage", stage.Name, "task", name)
+	err := fn(ctx)
+	t = taskRecord(stage, name) // fn may have grown the slice
+	if ctx.Err() != nil {
+		// Shutting down mid-task: leave it RUNNING; a restarted daemon runs it again.
+		return errParked
+	}
+	done := metav1.Now()
+	t.FinishedAt = &done
+	if err != nil {
+		t.Status, t.Message = Failed, err.Error()
+		e.log.Warn("task failed", "stage", stage.Name, "task", name, "err", err)
+	} else {
+		t.Status = Completed
+		e.log.Info("task completed", "stage", stage.Name, "task", name, "duration", done.Sub(t.StartedAt.Time))
+	}
+	if serr := e.save(ctx); serr != nil && err == nil {
+		return serr
+	}
+	if err != nil {
+		return &taskError{task: name, err: err}
+	}
+	return nil
+}
+
+func taskRecord(stage *StageRecord, name string) *TaskRecord {
+	for i := range stage.Tasks {
+		if stage.Tasks[i].Name == name {
+			return &stage.Tasks[i]
+		}
+	}
+	stage.Tasks = append(stage.Tasks, TaskRecord{Name: name})
+	return &stage.Tasks[len(stage.Tasks)-1]
+}
+
+// taskError is a failed task: the trigger point of a rollback.
+type taskError struct {
+	task string
+	err  error
+}
+
+func (e *taskError) Error() string { return fmt.Sprintf("task %q failed: %v", e.task, e.err) }
+func (e *taskError) Unwrap() error { return e.err }
+
+// reason classifies a failure for metrics: the failed check, or "error".
+func reason(err error) string {
+	var v *VerificationError
+	if errors.As(err, &v) {
+		return v.Check
+	}
+	return "error"
+}
+
+// serviceImage picks the image of the pipeline's input among a release's images.
+func serviceImage(images []string, input string) string {
+	for _, img := range images {
+		if input != "" && (strings.HasPrefix(img, input+":") || strings.HasPrefix(img, input+"@")) {
+			return img
+		}
+	}
+	if len(images) > 0 {
+		return images[0]
+	}
+	return ""
+}

@@ -1,0 +1,41 @@
+package reconciler
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the reconciler's Prometheus metrics.
+type Metrics struct {
+	executions     *prometheus.CounterVec
+	rollbacks      *prometheus.CounterVec
+	verifyDuration *prometheus.HistogramVec
+	timeToRollback *prometheus.HistogramVec
+	drift          *prometheus.CounterVec
+}
+
+// NewMetrics creates the metrics and registers them with reg, when not nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		executions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ebb_executions_total", Help: "Executions that ended, by pipeline and final status.",
+		}, []string{"pipeline", "status"}),
+		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ebb_rollbacks_total", Help: "Rollbacks started, by pipeline, stage and the check that failed.",
+		}, []string{"pipeline", "stage", "reason"}),
+		verifyDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ebb_verify_duration_seconds", Help: "Time to verify a release (rollout and health check).",
+			Buckets: prometheus.ExponentialBuckets(0.1, 2, 14),
+		}, []string{"pipeline", "stage"}),
+		timeToRollback: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ebb_rollback_duration_seconds", Help: "Time from a failed verification to the known-good release verified again.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 2, 14),
+		}, []string{"pipeline", "stage"}),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ebb_drift_total", Help: "Objects found changed by hand, by pipeline, stage and whether ebb restored them.",
+		}, []string{"pipeline", "stage", "action"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.executions, m.rollbacks, m.verifyDuration, m.timeToRollback, m.drift)
+	}
+	return m
+}

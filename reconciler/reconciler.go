@@ -1,0 +1,399 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+)
+
+// RenderFunc renders a pipeline's target at an older commit: the known-good release a
+// rollback restores, or the target of an execution a restart resumes.
+type RenderFunc func(ctx context.Context, commit, pipeline string) (*Target, error)
+
+// Options configure a Reconciler.
+type Options struct {
+	// Namespace holds the Execution and StageLedger records, in the cluster of Records.
+	Namespace string
+	// Records and Events are clients of the cluster ebb runs in.
+	Records dynamic.Interface
+	Events  kubernetes.Interface
+	// Clusters resolves the cluster a stage names. A stage whose cluster cannot be resolved
+	// fails with the reason; other stages and pipelines go on.
+	Clusters func(name string) (*Cluster, error)
+	// Render re-renders older commits.
+	Render RenderFunc
+	// Logger receives the reconciler's logs; default slog.Default().
+	Logger *slog.Logger
+	// Metrics, from NewMetrics; default unregistered metrics.
+	Metrics *Metrics
+	// HTTPClient runs health checks; default a client with a 10s timeout.
+	HTTPClient *http.Client
+}
+
+// Reconciler runs executions: one at a time per pipeline, different pipelines concurrently.
+type Reconciler struct {
+	opts    Options
+	store   *Store
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu      sync.Mutex
+	workers map[string]*worker
+	good    map[string]*Desired // pipeline/stage -> last verified desired release, in memory
+	wg      sync.WaitGroup
+}
+
+// New returns a Reconciler. Call Resume once, then Sync for each new commit.
+func New(opts Options) *Reconciler {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	return &Reconciler{
+		opts:    opts,
+		store:   NewStore(opts.Records, opts.Namespace),
+		log:     opts.Logger.With("component", "reconciler"),
+		metrics: opts.Metrics,
+		workers: map[string]*worker{},
+		good:    map[string]*Desired{},
+	}
+}
+
+// Store returns the reconciler's record store.
+func (r *Reconciler) Store() *Store { return r.store }
+
+// Sync hands each pipeline its target for a new commit. It returns at once; the pipelines'
+// workers act on it. A pipeline busy with an execution gets a QUEUED record for the newest
+// target that needs one; the newest wins, and older queued ones are CANCELED.
+func (r *Reconciler) Sync(ctx context.Context, targets []*Target) {
+	for _, t := range targets {
+		r.worker(ctx, t.Name()).offer(ctx, t)
+	}
+}
+
+// Resume continues the executions a previous daemon left open. Call it before the first Sync.
+func (r *Reconciler) Resume(ctx context.Context) error {
+	all, err := r.store.ListExecutions(ctx, "")
+	if err != nil {
+		return err
+	}
+	for i := range all {
+		x := &all[i]
+		if x.Status.Phase.Terminal() || x.Spec.Kind != KindDeploy {
+			continue
+		}
+		t, err := r.opts.Render(ctx, x.Spec.Commit, x.Spec.Pipeline)
+		if err != nil {
+			rr := &run{r: r, x: x, log: r.log.With("execution", x.Spec.DisplayName)}
+			if serr := rr.setPhase(ctx, Failed, fmt.Sprintf("could not resume: render commit %s: %v", short(x.Spec.Commit), err)); serr != nil {
+				return serr
+			}
+			continue
+		}
+		r.log.Info("resuming execution", "execution", x.Spec.DisplayName, "status", x.Status.Phase)
+		r.worker(ctx, x.Spec.Pipeline).resume(x, t)
+	}
+	return nil
+}
+
+// Wait blocks until every worker stopped, after ctx passed to Sync was canceled.
+func (r *Reconciler) Wait() { r.wg.Wait() }
+
+// Idle reports whether no worker has work in hand or waiting.
+func (r *Reconciler) Idle() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.workers {
+		w.mu.Lock()
+		busy := w.busy || w.next != nil || w.resumed != nil
+		w.mu.Unlock()
+		if busy {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *Reconciler) worker(ctx context.Context, pipeline string) *worker {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.workers[pipeline]
+	if w == nil {
+		w = &worker{r: r, pipeline: pipeline, wake: make(chan struct{}, 1),
+			log: r.log.With("pipeline", pipeline)}
+		r.workers[pipeline] = w
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			w.loop(ctx)
+		}()
+	}
+	return w
+}
+
+// target returns the cluster a stage deploys to.
+func (r *Reconciler) target(name string) (*Cluster, error) {
+	return r.opts.Clusters(name)
+}
+
+// knownGood returns the desired release of a known-good release record: from memory when
+// this daemon verified it, else rendered again from its commit.
+func (r *Reconciler) knownGood(ctx context.Context, pipeline, stage string, good ReleaseRecord) (*Desired, *Target, error) {
+	r.mu.Lock()
+	d := r.good[pipeline+"/"+stage]
+	r.mu.Unlock()
+	t, err := r.opts.Render(ctx, good.Commit, pipeline)
+	if d != nil && d.Hash == good.Hash && t != nil {
+		return d, t, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("render known-good commit %s of pipeline %q: %w", short(good.Commit), pipeline, err)
+	}
+	for i := range t.Stages {
+		if t.Stages[i].Stage.Name == stage {
+			return &t.Stages[i], t, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("known-good commit %s of pipeline %q has no stage %q", short(good.Commit), pipeline, stage)
+}
+
+// remember keeps a verified release in memory, so a rollback to it needs no rendering.
+func (r *Reconciler) remember(pipeline string, d *Desired) {
+	r.mu.Lock()
+	r.good[pipeline+"/"+d.Stage.Name] = d
+	r.mu.Unlock()
+}
+
+// worker serializes one pipeline's executions.
+type worker struct {
+	r        *Reconciler
+	pipeline string
+	log      *slog.Logger
+	wake     chan struct{}
+
+	mu      sync.Mutex
+	busy    bool
+	next    *Target    // newest target not yet acted on
+	queued  *Execution // QUEUED record of next, if any
+	resumed *Execution // an execution to continue before anything else
+	resumeT *Target
+}
+
+func (w *worker) resume(x *Execution, t *Target) {
+	w.mu.Lock()
+	w.resumed, w.resumeT = x, t
+	w.mu.Unlock()
+	w.poke()
+}
+
+// offer makes t the pipeline's newest target. While an execution runs, a target that needs
+// one is recorded as QUEUED at once, and the queued execution it supersedes is CANCELED.
+func (w *worker) offer(ctx context.Context, t *Target) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.next = t
+	if w.busy {
+		w.queue(ctx, t)
+	}
+	w.poke()
+}
+
+// queue records t as QUEUED behind the running execution. Called with w.mu held.
+func (w *worker) queue(ctx context.Context, t *Target) {
+	if w.queued != nil && w.queued.Spec.Commit == t.Commit.SHA {
+		return
+	}
+	if existing, _ := w.r.executionFor(ctx, t); existing != nil {
+		return
+	}
+	if w.queued != nil {
+		old := &run{r: w.r, x: w.queued, log: w.log}
+		if err := old.setPhase(ctx, Canceled, "superseded by commit "+short(t.Commit.SHA)); err != nil {
+			w.log.Error("cancel queued execution", "execution", w.queued.Spec.DisplayName, "err", err)
+		}
+		w.queued = nil
+	}
+	x := &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
+	x.Status.Phase = Queued
+	x.Status.Comment = "waiting for the running execution to finish"
+	created, err := w.r.store.CreateExecution(ctx, x)
+	if err != nil {
+		w.log.Error("record queued execution", "err", err)
+		return
+	}
+	w.queued = created
+}
+
+func (w *worker) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) loop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.wake:
+		}
+		for w.step(ctx) {
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}
+}
+
+// step acts on the worker's next piece of work; it returns false when there is none.
+func (w *worker) step(ctx context.Context) bool {
+	w.mu.Lock()
+	x, t := w.resumed, w.resumeT
+	w.resumed, w.resumeT = nil, nil
+	if x == nil {
+		t = w.next
+		x = w.queued
+		w.next, w.queued = nil, nil
+	}
+	if t == nil {
+		w.mu.Unlock()
+		return false
+	}
+	w.busy = true
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.busy = false
+		w.mu.Unlock()
+	}()
+
+	if err := w.r.execute(ctx, x, t); err != nil && !errors.Is(err, errParked) && ctx.Err() == nil {
+		w.log.Error("execution", "commit", short(t.Commit.SHA), "err", err)
+	}
+	return true
+}
+
+// execute decides what t means for its pipeline and runs the execution it needs, reusing
+// the record x (QUEUED, or open from before a restart) when given.
+func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error {
+	log := r.log.With("pipeline", t.Name(), "commit", short(t.Commit.SHA))
+	resuming := x != nil && x.Status.Phase != Queued
+	var d decision
+	if !resuming {
+		ledgers, err := r.ledgers(ctx, t)
+		if err != nil {
+			return err
+		}
+		d = decide(t, ledgers)
+		if !d.deploy {
+			log.Debug("nothing to run", "reason", d.reason)
+			if x != nil {
+				rr := &run{r: r, x: x, log: log}
+				return rr.setPhase(ctx, Canceled, "nothing to run: "+d.reason)
+			}
+			return r.checkDrift(ctx, t)
+		}
+		// One commit never runs twice, also across restarts.
+		if x == nil {
+			existing, err := r.executionFor(ctx, t)
+			if err != nil {
+				return err
+			}
+			if existing != nil {
+				log.Debug("commit already has an execution", "execution", existing.Spec.DisplayName)
+				return nil
+			}
+			x = &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
+			x.Status.Phase = Running
+			created, err := r.store.CreateExecution(ctx, x)
+			if err != nil {
+				return err
+			}
+			x = created
+		}
+		x.Status.Comment = ""
+	}
+	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName)}
+	if err := rr.deploy(ctx, t, d); err != nil {
+		return err
+	}
+	for i := range t.Stages {
+		if rec := rr.stage(t.Stages[i].Stage.Name); rec.Status == Completed && rec.ReleaseHash == t.Stages[i].Hash {
+			r.remember(t.Name(), &t.Stages[i])
+		}
+	}
+	return nil
+}
+
+// executionFor returns the Deploy execution already recorded for t's commit, if any.
+func (r *Reconciler) executionFor(ctx context.Context, t *Target) (*Execution, error) {
+	all, err := r.store.ListExecutions(ctx, t.Name())
+	if err != nil {
+		return nil, err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && all[i].Status.Phase != Canceled {
+			return &all[i], nil
+		}
+	}
+	return nil, nil
+}
+
+func (r *Reconciler) ledgers(ctx context.Context, t *Target) (map[string]*StageLedgerStatus, error) {
+	out := map[string]*StageLedgerStatus{}
+	for _, d := range t.Stages {
+		l, err := r.store.Ledger(ctx, t.Name(), d.Stage.Name)
+		if err != nil {
+			return nil, err
+		}
+		out[d.Stage.Name] = &l.Status
+	}
+	return out, nil
+}
+
+// event records a Kubernetes Event on an execution. Events are best effort: a failure to
+// record one is logged, never fatal.
+func (r *Reconciler) event(ctx context.Context, x *Execution, phase Status, message string) {
+	if r.opts.Events == nil {
+		return
+	}
+	typ := "Normal"
+	if phase == Failed || phase == RollingBack || phase == RollbackFailed || phase == RollbackCompleted {
+		typ = "Warning"
+	}
+	recordEvent(ctx, r.opts.Events, r.log, eventRef{
+		apiVersion: Group + "/" + Version, kind: "Execution", namespace: x.Namespace, name: x.Name, uid: x.UID,
+	}, typ, string(phase), message)
+}
+
+// StaticClusters resolves cluster names from a fixed map.
+func StaticClusters(m map[string]*Cluster) func(string) (*Cluster, error) {
+	return func(name string) (*Cluster, error) {
+		if c := m[name]; c != nil {
+			return c, nil
+		}
+		return nil, fmt.Errorf("cluster %q is not defined in the daemon config", name)
+	}
+}
+
+func firstLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}

@@ -1,0 +1,262 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"ebb.dev/ebb/internal/testcluster"
+	"ebb.dev/ebb/planner"
+)
+
+var cluster *testcluster.Cluster
+
+func TestMain(m *testing.M) {
+	os.Exit(testcluster.Main(m, testcluster.Options{Name: "reconciler"}, &cluster))
+}
+
+// fixture is one reconciler over the test cluster, with targets rendered by hand: commit SHA
+// -> target, standing in for the planner.
+type fixture struct {
+	t       *testing.T
+	r       *Reconciler
+	cs      kubernetes.Interface
+	ns      string // the stage's namespace
+	records string
+	targets map[string]*Target
+	stage   *planner.Stage
+	runCtx  context.Context
+}
+
+func newFixture(t *testing.T, rollback bool) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	dyn := dynamic.NewForConfigOrDie(cluster.Config)
+	cs := kubernetes.NewForConfigOrDie(cluster.Config)
+	top, err := testcluster.ModuleRoot()
+	require.NoError(t, err)
+	require.NoError(t, InstallCRDs(ctx, dyn, filepath.Join(top, "charts", "ebb", "crds")))
+
+	records, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ebb-"}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	target, err := NewCluster("dev", cluster.Config)
+	require.NoError(t, err)
+
+	f := &fixture{
+		t: t, cs: cs, ns: "app-" + records.Name, records: records.Name, targets: map[string]*Target{},
+		stage: &planner.Stage{Name: "dev", Cluster: "dev", Model: planner.ModelRolling, Rollback: rollback, SelfHeal: true,
+			Verify: planner.Verify{Rollout: planner.RolloutCheck{Timeout: planner.Duration{Duration: 30 * time.Second}}}},
+	}
+	f.r = New(Options{
+		Namespace: records.Name, Records: dyn, Events: cs,
+		Clusters: StaticClusters(map[string]*Cluster{"dev": target}),
+		Render: func(ctx context.Context, commit, pipeline string) (*Target, error) {
+			if t := f.targets[commit]; t != nil {
+				return t, nil
+			}
+			return nil, fmt.Errorf("no commit %s", commit)
+		},
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	runCtx, cancel := context.WithCancel(ctx)
+	require.NoError(t, f.r.Resume(runCtx))
+	t.Cleanup(func() { cancel(); f.r.Wait() })
+	f.runCtx = runCtx
+	return f
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// commit makes a target for the web app with image tag, as the planner would render it.
+func (f *fixture) commit(sha, message, tag string) *Target {
+	f.t.Helper()
+	manifest := fmt.Sprintf(`
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: %[1]s}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: %[1]s}
+  spec:
+    selector: {app: web}
+    ports: [{port: 80, targetPort: 8080}]
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: web, namespace: %[1]s}
+  spec:
+    replicas: 3
+    progressDeadlineSeconds: 2
+    selector: {matchLabels: {app: web}}
+    template:
+      metadata: {labels: {app: web}}
+      spec:
+        containers: [{name: web, image: "registry.example/web:%[2]s"}]
+`, f.ns, tag)
+	var raw []map[string]any
+	require.NoError(f.t, yaml.Unmarshal([]byte(manifest), &raw))
+	objs := make([]*unstructured.Unstructured, len(raw))
+	for i := range raw {
+		objs[i] = &unstructured.Unstructured{Object: raw[i]}
+	}
+	t := &Target{
+		Pipeline: &planner.Pipeline{Metadata: planner.Metadata{Name: "web"}, Spec: planner.PipelineSpec{Service: "web", Input: planner.Input{Image: "registry.example/web"}}},
+		Commit:   Commit{SHA: sha, Message: message},
+		Stages:   []Desired{{Stage: f.stage, Hash: "hash-" + tag, Images: []string{"registry.example/web:" + tag}, Objects: objs}},
+	}
+	f.targets[sha] = t
+	return t
+}
+
+func (f *fixture) sync(t *Target) {
+	f.r.Sync(f.runCtx, []*Target{t})
+}
+
+// waitFor waits until the execution with display name reaches status.
+func (f *fixture) waitFor(display string, status Status) *Execution {
+	f.t.Helper()
+	var x *Execution
+	require.Eventually(f.t, func() bool {
+		var err error
+		x, err = f.r.Store().GetExecution(context.Background(), ObjectName(display))
+		return err == nil && x.Status.Phase == status
+	}, 60*time.Second, 50*time.Millisecond, "%s never reached %s (last: %+v)", display, status, x)
+	return x
+}
+
+// settle waits until the reconciler has nothing in hand.
+func (f *fixture) settle() {
+	f.t.Helper()
+	require.Eventually(f.t, f.r.Idle, 60*time.Second, 20*time.Millisecond)
+}
+
+func (f *fixture) image() string {
+	d, err := f.cs.AppsV1().Deployments(f.ns).Get(context.Background(), "web", metav1.GetOptions{})
+	require.NoError(f.t, err)
+	return d.Spec.Template.Spec.Containers[0].Image
+}
+
+func (f *fixture) executions() []Execution {
+	all, err := f.r.Store().ListExecutions(context.Background(), "web")
+	require.NoError(f.t, err)
+	return all
+}
+
+func TestRollbackToLastKnownGood(t *testing.T) {
+	f := newFixture(t, true)
+
+	f.sync(f.commit("c1", "release 1.0", "1.0"))
+	x := f.waitFor("web#1", Completed)
+	assert.Equal(t, "registry.example/web:1.0", x.Status.Image)
+	assert.Equal(t, "registry.example/web:1.0", f.image())
+
+	f.sync(f.commit("c2", "release broken", "broken-2.0"))
+	parent := f.waitFor("web#2", RollbackCompleted)
+	rb := f.waitFor("web_dev_rollback#1", Completed)
+	assert.Equal(t, "registry.example/web:1.0", f.image(), "the known-good image is back")
+	for _, comment := range []string{parent.Status.Comment, rb.Status.Comment} {
+		assert.Contains(t, comment, "stage dev")
+		assert.Contains(t, comment, `task "Verify deployment"`)
+		assert.Contains(t, comment, "ProgressDeadlineExceeded")
+		assert.Contains(t, comment, "commit c2")
+		assert.Contains(t, comment, "rolling back to commit c1 (image registry.example/web:1.0)")
+	}
+	assert.Equal(t, "web-dev-rollback-1", parent.Status.Rollback)
+	assert.Equal(t, "web-2", rb.Spec.Parent)
+
+	ledger, err := f.r.Store().Ledger(context.Background(), "web", "dev")
+	require.NoError(t, err)
+	assert.Equal(t, "c1", ledger.Status.Current.Commit)
+	assert.Equal(t, "web_dev_rollback#1", ledger.Status.Current.RestoredBy)
+	require.Len(t, ledger.Status.Failed, 1)
+	assert.Equal(t, "c2", ledger.Status.Failed[0].Commit)
+
+	// Quarantine: polling the bad commit again, or an unrelated commit with the same
+	// release, applies nothing and records nothing.
+	f.sync(f.targets["c2"])
+	f.settle()
+	unrelated := f.commit("c3", "docs only", "broken-2.0")
+	f.sync(unrelated)
+	f.settle()
+	assert.Len(t, f.executions(), 3)
+	assert.Equal(t, "registry.example/web:1.0", f.image())
+
+	// A revert brings back the verified release: recorded as a redeploy of web#1.
+	f.sync(f.commit("c4", "Revert \"release broken\"\n\nThis reverts commit c2.", "1.0"))
+	redeploy := f.waitFor("web#3", Completed)
+	assert.Contains(t, redeploy.Status.Comment, "redeploy of the release verified by web#1")
+	ledger, err = f.r.Store().Ledger(context.Background(), "web", "dev")
+	require.NoError(t, err)
+	assert.Equal(t, "c4", ledger.Status.Current.Commit)
+	assert.Empty(t, ledger.Status.Current.RestoredBy)
+
+	// A new commit that changes the release is tried.
+	f.sync(f.commit("c5", "release 1.1", "1.1"))
+	f.waitFor("web#4", Completed)
+	assert.Equal(t, "registry.example/web:1.1", f.image())
+}
+
+func TestFirstDeployFails(t *testing.T) {
+	f := newFixture(t, true)
+	f.sync(f.commit("c1", "broken from the start", "broken-1"))
+	x := f.waitFor("web#1", Failed)
+	assert.Contains(t, x.Status.Comment, "no known-good release to roll back to")
+	assert.Empty(t, x.Status.Rollback)
+	f.settle()
+	assert.Len(t, f.executions(), 1, "no rollback execution")
+}
+
+func TestDriftIsRestored(t *testing.T) {
+	f := newFixture(t, true)
+	good := f.commit("c1", "release 1.0", "1.0")
+	f.sync(good)
+	f.waitFor("web#1", Completed)
+	f.settle()
+
+	d, err := f.cs.AppsV1().Deployments(f.ns).Get(context.Background(), "web", metav1.GetOptions{})
+	require.NoError(t, err)
+	d.Spec.Template.Spec.Containers[0].Image = "registry.example/web:hand-edit"
+	_, err = f.cs.AppsV1().Deployments(f.ns).Update(context.Background(), d, metav1.UpdateOptions{FieldManager: "kubectl-edit"})
+	require.NoError(t, err)
+	require.Equal(t, "registry.example/web:hand-edit", f.image())
+
+	f.sync(good) // the next reconcile of the same commit
+	f.settle()
+	assert.Equal(t, "registry.example/web:1.0", f.image())
+	assert.Len(t, f.executions(), 1, "restoring drift is not an execution")
+}
+
+func TestSelfHealOffOnlyReports(t *testing.T) {
+	f := newFixture(t, true)
+	f.stage.SelfHeal = false
+	good := f.commit("c1", "release 1.0", "1.0")
+	f.sync(good)
+	f.waitFor("web#1", Completed)
+	f.settle()
+	d, err := f.cs.AppsV1().Deployments(f.ns).Get(context.Background(), "web", metav1.GetOptions{})
+	require.NoError(t, err)
+	d.Spec.Template.Spec.Containers[0].Image = "registry.example/web:hand-edit"
+	_, err = f.cs.AppsV1().Deployments(f.ns).Update(context.Background(), d, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	f.sync(good)
+	f.settle()
+	assert.Equal(t, "registry.example/web:hand-edit", f.image())
+}

@@ -1,0 +1,135 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// rollback runs the rollback execution <pipeline>_<stage>_rollback#<n> for the parent run e:
+// it reapplies the release of the last known-good commit (its image and every other rendered
+// object), prunes what the failed release added, and verifies it. The stage's ledger then
+// holds the known-good release as current, marked as restored, so polls do not re-apply the
+// failed one. The parent ends ROLLBACK_COMPLETED or ROLLBACK_FAILED.
+func (e *run) rollback(ctx context.Context, failed *Target, stage string, good ReleaseRecord) error {
+	detected := time.Now()
+	rb, err := e.rollbackExecution(ctx, failed, stage, good)
+	if err != nil {
+		return err
+	}
+	rr := &run{r: e.r, x: rb, log: e.r.log.With("execution", rb.Spec.DisplayName)}
+	if !rb.Status.Phase.Terminal() {
+		err = rr.restore(ctx, failed.Name(), stage, good)
+		if errors.Is(err, errParked) {
+			return err
+		}
+		e.r.metrics.timeToRollback.WithLabelValues(failed.Name(), stage).Observe(time.Since(detected).Seconds())
+		if err != nil {
+			if serr := rr.setPhase(ctx, Failed, fmt.Sprintf("%s; the rollback failed: %v", rb.Status.Comment, unwrapTask(err))); serr != nil {
+				return serr
+			}
+		} else if serr := rr.setPhase(ctx, Completed, ""); serr != nil {
+			return serr
+		}
+	}
+	if rb.Status.Phase == Completed {
+		return e.setPhase(ctx, RollbackCompleted, e.x.Status.Comment+"; restored by "+rb.Spec.DisplayName)
+	}
+	return e.setPhase(ctx, RollbackFailed, e.x.Status.Comment+"; "+rb.Spec.DisplayName+" failed")
+}
+
+// rollbackExecution returns the parent's rollback execution, creating it on first call. Its
+// comment names the trigger point: stage, task, reason, failed commit, restored commit and
+// image.
+func (e *run) rollbackExecution(ctx context.Context, failed *Target, stage string, good ReleaseRecord) (*Execution, error) {
+	if name := e.x.Status.Rollback; name != "" {
+		return e.r.store.GetExecution(ctx, name)
+	}
+	rb := &Execution{Spec: ExecutionSpec{
+		Pipeline: failed.Name(), Kind: KindRollback, Stage: stage, Parent: e.x.Name,
+		Commit: good.Commit, CommitMessage: "rollback of " + e.x.Spec.DisplayName,
+	}}
+	rb.Status.Phase = Running
+	rb.Status.Stage = stage
+	rb.Status.Image = serviceImage(good.Images, failed.Pipeline.Spec.Input.Image)
+	rb.Status.Comment = fmt.Sprintf("rollback of %s: %s", e.x.Spec.DisplayName, e.x.Status.Comment)
+	now := metav1.Now()
+	rb.Status.StartedAt = &now
+	rb, err := e.r.store.CreateExecution(ctx, rb)
+	if err != nil {
+		return nil, err
+	}
+	e.r.event(ctx, rb, Running, rb.Status.Comment)
+	e.x.Status.Rollback = rb.Name
+	return rb, e.save(ctx)
+}
+
+// restore applies and verifies the known-good release in this (rollback) run's stage, and
+// records it as the stage's current release.
+func (e *run) restore(ctx context.Context, pipeline, stageName string, good ReleaseRecord) error {
+	d, target, err := e.r.knownGood(ctx, pipeline, stageName, good)
+	if err != nil {
+		rec := e.stage(stageName)
+		rec.Status, rec.Message = Failed, err.Error()
+		return &taskError{task: TaskCreateResources, err: err}
+	}
+	cluster, err := e.r.target(d.Stage.Cluster)
+	if err != nil {
+		return &taskError{task: TaskCreateResources, err: err}
+	}
+	rec := e.stage(stageName)
+	now := metav1.Now()
+	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, good.Hash, good.Images, &now
+	err = e.rolling(ctx, cluster, pipeline, d.Stage, d.Objects, rec)
+	if errors.Is(err, errParked) {
+		return err
+	}
+	done := metav1.Now()
+	rec.FinishedAt = &done
+	if err != nil {
+		rec.Status, rec.Message = Failed, err.Error()
+		return err
+	}
+	rec.Status = Completed
+	if d.Hash != good.Hash {
+		rec.Message = fmt.Sprintf("commit %s now renders release %s, not %s: the daemon's configuration changed since", short(good.Commit), short(d.Hash), short(good.Hash))
+	}
+	ledger, err := e.r.store.Ledger(ctx, target.Name(), stageName)
+	if err != nil {
+		return err
+	}
+	restored := good
+	restored.RestoredBy = e.x.Spec.DisplayName
+	restored.At = &done
+	ledger.Status.Current = &restored
+	return e.r.store.SaveLedger(ctx, ledger)
+}
+
+// resumeRollback finishes a parent execution that a restart found ROLLING_BACK.
+func (e *run) resumeRollback(ctx context.Context, t *Target) error {
+	stage := e.x.Status.Stage
+	ledger, err := e.r.store.Ledger(ctx, t.Name(), stage)
+	if err != nil {
+		return err
+	}
+	rec := e.stage(stage)
+	// The daemon may have died between recording ROLLING_BACK and quarantining the release.
+	if rec.ReleaseHash != "" && ledger.Status.failed(rec.ReleaseHash) == nil {
+		now := metav1.Now()
+		ledger.Status.recordFailed(ReleaseRecord{
+			Commit: t.Commit.SHA, ShortCommit: short(t.Commit.SHA), Hash: rec.ReleaseHash, Images: rec.Images,
+			Execution: e.x.Spec.DisplayName, At: &now, Reason: rec.Message,
+		})
+		if err := e.r.store.SaveLedger(ctx, ledger); err != nil {
+			return err
+		}
+	}
+	good := ledger.Status.LastKnownGood
+	if good == nil {
+		return e.setPhase(ctx, RollbackFailed, e.x.Status.Comment+"; no known-good release found on resume")
+	}
+	return e.rollback(ctx, t, stage, *good)
+}

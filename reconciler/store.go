@@ -1,0 +1,211 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+)
+
+// Store reads and writes Execution and StageLedger objects in one namespace of the cluster
+// ebb runs in. Every write is an update with the object's resourceVersion, so two writers
+// can never silently overwrite each other.
+type Store struct {
+	client    dynamic.Interface
+	namespace string
+}
+
+// NewStore returns a Store over namespace.
+func NewStore(client dynamic.Interface, namespace string) *Store {
+	return &Store{client: client, namespace: namespace}
+}
+
+func (s *Store) executions() dynamic.ResourceInterface {
+	return s.client.Resource(ExecutionResource).Namespace(s.namespace)
+}
+
+func (s *Store) ledgers() dynamic.ResourceInterface {
+	return s.client.Resource(StageLedgerResource).Namespace(s.namespace)
+}
+
+// CreateExecution creates x with the next free number for its display name prefix (its
+// pipeline, or its pipeline and stage for a rollback), filling in Number, DisplayName and
+// Name, and returns the stored object.
+func (s *Store) CreateExecution(ctx context.Context, x *Execution) (*Execution, error) {
+	existing, err := s.ListExecutions(ctx, x.Spec.Pipeline)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, e := range existing {
+		if e.Spec.Kind == x.Spec.Kind && e.Spec.Stage == x.Spec.Stage && e.Spec.Number > n {
+			n = e.Spec.Number
+		}
+	}
+	x.APIVersion, x.Kind = Group+"/"+Version, "Execution"
+	x.Namespace = s.namespace
+	if x.Labels == nil {
+		x.Labels = map[string]string{}
+	}
+	x.Labels[LabelPipeline] = labelValue(x.Spec.Pipeline)
+	x.Labels[LabelKind] = string(x.Spec.Kind)
+	if x.Spec.Commit != "" {
+		x.Labels[LabelCommit] = x.Spec.Commit
+	}
+	if x.Spec.Stage != "" {
+		x.Labels[LabelStage] = labelValue(x.Spec.Stage)
+	}
+	x.Spec.ShortCommit = short(x.Spec.Commit)
+	for attempt := 0; attempt < 10; attempt++ {
+		n++
+		x.Spec.Number = n
+		if x.Spec.Kind == KindRollback {
+			x.Spec.DisplayName = RollbackDisplayName(x.Spec.Pipeline, x.Spec.Stage, n)
+		} else {
+			x.Spec.DisplayName = DisplayName(x.Spec.Pipeline, n)
+		}
+		x.Name = ObjectName(x.Spec.DisplayName)
+		u, err := toUnstructured(x)
+		if err != nil {
+			return nil, err
+		}
+		created, err := s.executions().Create(ctx, u, metav1.CreateOptions{FieldManager: FieldManager})
+		if apierrors.IsAlreadyExists(err) {
+			continue // another writer took n
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create execution %s: %w", x.Spec.DisplayName, err)
+		}
+		return executionFrom(created)
+	}
+	return nil, fmt.Errorf("create execution for pipeline %q: no free number", x.Spec.Pipeline)
+}
+
+// UpdateExecution writes x (spec and status) and refreshes its resourceVersion.
+func (s *Store) UpdateExecution(ctx context.Context, x *Execution) error {
+	u, err := toUnstructured(x)
+	if err != nil {
+		return err
+	}
+	updated, err := s.executions().Update(ctx, u, metav1.UpdateOptions{FieldManager: FieldManager})
+	if err != nil {
+		return fmt.Errorf("update execution %s: %w", x.Spec.DisplayName, err)
+	}
+	x.ResourceVersion = updated.GetResourceVersion()
+	return nil
+}
+
+// GetExecution reads the execution with object name name.
+func (s *Store) GetExecution(ctx context.Context, name string) (*Execution, error) {
+	u, err := s.executions().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return executionFrom(u)
+}
+
+// ListExecutions lists the executions of pipeline (all pipelines when empty), oldest first.
+func (s *Store) ListExecutions(ctx context.Context, pipeline string) ([]Execution, error) {
+	opts := metav1.ListOptions{}
+	if pipeline != "" {
+		opts.LabelSelector = labels.Set{LabelPipeline: labelValue(pipeline)}.String()
+	}
+	list, err := s.executions().List(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("list executions: %w", err)
+	}
+	out := make([]Execution, 0, len(list.Items))
+	for i := range list.Items {
+		x, err := executionFrom(&list.Items[i])
+		if err != nil {
+			return nil, err
+		}
+		if pipeline == "" || x.Spec.Pipeline == pipeline {
+			out = append(out, *x)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i].CreationTimestamp, out[j].CreationTimestamp
+		if !a.Equal(&b) {
+			return a.Before(&b)
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out, nil
+}
+
+// Ledger reads the ledger of a stage, or returns a new, unsaved one.
+func (s *Store) Ledger(ctx context.Context, pipeline, stage string) (*StageLedger, error) {
+	u, err := s.ledgers().Get(ctx, LedgerName(pipeline, stage), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		l := &StageLedger{Spec: StageLedgerSpec{Pipeline: pipeline, Stage: stage}}
+		l.APIVersion, l.Kind = Group+"/"+Version, "StageLedger"
+		l.Name, l.Namespace = LedgerName(pipeline, stage), s.namespace
+		l.Labels = map[string]string{LabelPipeline: labelValue(pipeline), LabelStage: labelValue(stage)}
+		return l, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get ledger of stage %q of pipeline %q: %w", stage, pipeline, err)
+	}
+	l := &StageLedger{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, l); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// SaveLedger creates or updates l.
+func (s *Store) SaveLedger(ctx context.Context, l *StageLedger) error {
+	u, err := toUnstructured(l)
+	if err != nil {
+		return err
+	}
+	var saved *unstructured.Unstructured
+	if l.ResourceVersion == "" {
+		saved, err = s.ledgers().Create(ctx, u, metav1.CreateOptions{FieldManager: FieldManager})
+	} else {
+		saved, err = s.ledgers().Update(ctx, u, metav1.UpdateOptions{FieldManager: FieldManager})
+	}
+	if err != nil {
+		return fmt.Errorf("save ledger of stage %q of pipeline %q: %w", l.Spec.Stage, l.Spec.Pipeline, err)
+	}
+	l.ResourceVersion = saved.GetResourceVersion()
+	return nil
+}
+
+func executionFrom(u *unstructured.Unstructured) (*Execution, error) {
+	x := &Execution{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, x); err != nil {
+		return nil, fmt.Errorf("read execution %s: %w", u.GetName(), err)
+	}
+	return x, nil
+}
+
+func toUnstructured(obj any) (*unstructured.Unstructured, error) {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return nil, err
+	}
+	return &unstructured.Unstructured{Object: m}, nil
+}
+
+// labelValue makes s fit a label value (63 characters of [A-Za-z0-9._-]).
+func labelValue(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-' {
+			return r
+		}
+		return '-'
+	}, s)
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return strings.Trim(s, "._-")
+}

@@ -1,0 +1,171 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// VerificationError says a release was checked and found bad: the stage rolls back.
+type VerificationError struct {
+	// Check is what failed: "rollout" or "healthCheck".
+	Check  string
+	Reason string
+}
+
+func (e *VerificationError) Error() string { return e.Check + ": " + e.Reason }
+
+func verificationFailed(check, format string, args ...any) error {
+	return &VerificationError{Check: check, Reason: fmt.Sprintf(format, args...)}
+}
+
+// rolloutPoll is how often a rollout's progress is read.
+const rolloutPoll = 100 * time.Millisecond
+
+// WaitRollout waits until Deployment ns/name has rolled out: the controller observed its
+// latest generation and every replica is updated, ready and available, with no old pods left.
+// ProgressDeadlineExceeded, or timeout, fails it at once with a VerificationError.
+func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+		} else {
+			done, why, failed := rolloutState(d)
+			if failed {
+				return verificationFailed("rollout", "Deployment %s/%s: %s", ns, name, why)
+			}
+			if done {
+				return nil
+			}
+			last = why
+		}
+		if time.Now().After(deadline) {
+			return verificationFailed("rollout", "Deployment %s/%s did not roll out within %s: %s", ns, name, timeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(rolloutPoll):
+		}
+	}
+}
+
+// rolloutState reads a Deployment's status the way `kubectl rollout status` does.
+func rolloutState(d *appsv1.Deployment) (done bool, why string, failed bool) {
+	if d.Generation > d.Status.ObservedGeneration {
+		return false, "waiting for the controller to observe the new generation", false
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+			return false, "ProgressDeadlineExceeded: " + c.Message, true
+		}
+	}
+	want := int32(1)
+	if d.Spec.Replicas != nil {
+		want = *d.Spec.Replicas
+	}
+	s := d.Status
+	switch {
+	case s.UpdatedReplicas < want:
+		return false, fmt.Sprintf("%d of %d replicas updated", s.UpdatedReplicas, want), false
+	case s.Replicas > s.UpdatedReplicas:
+		return false, fmt.Sprintf("%d old replicas pending termination", s.Replicas-s.UpdatedReplicas), false
+	case s.ReadyReplicas < want:
+		return false, fmt.Sprintf("%d of %d updated replicas ready", s.ReadyReplicas, want), false
+	case s.AvailableReplicas < want:
+		return false, fmt.Sprintf("%d of %d updated replicas available", s.AvailableReplicas, want), false
+	}
+	return true, "rolled out", false
+}
+
+// HealthCheck polls an HTTP URL: it passes after Successes answers in 2xx, and fails after
+// Failures consecutive other answers (or errors), or when Timeout passes first.
+type HealthCheck struct {
+	URL       string
+	Interval  time.Duration
+	Successes int
+	Failures  int
+	Timeout   time.Duration
+}
+
+// Run performs the check. Its failures are VerificationErrors.
+func (h HealthCheck) Run(ctx context.Context, client *http.Client) error {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	deadline := time.Now().Add(h.Timeout)
+	successes, failures := 0, 0
+	var last string
+	for {
+		ok, detail := h.probe(ctx, client)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if ok {
+			successes++
+			failures = 0
+			if successes >= h.Successes {
+				return nil
+			}
+		} else {
+			failures++
+			last = detail
+			if failures >= h.Failures {
+				return verificationFailed("healthCheck", "%s failed %d times in a row, last: %s", h.URL, failures, detail)
+			}
+		}
+		if time.Now().Add(h.Interval).After(deadline) {
+			return verificationFailed("healthCheck", "%s: %d of %d successes within %s (last failure: %s)", h.URL, successes, h.Successes, h.Timeout, orNone(last))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(h.Interval):
+		}
+	}
+}
+
+func (h HealthCheck) probe(ctx context.Context, client *http.Client) (bool, string) {
+	timeout := h.Interval
+	if timeout <= 0 || timeout > 10*time.Second {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		var uerr interface{ Unwrap() error }
+		if errors.As(err, &uerr) && uerr.Unwrap() != nil {
+			return false, uerr.Unwrap().Error()
+		}
+		return false, err.Error()
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return false, "HTTP " + resp.Status
+	}
+	return true, ""
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
