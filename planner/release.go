@@ -16,7 +16,8 @@ type Release struct {
 	Stage    string
 	// Cluster is the stage's cluster name from the daemon config.
 	Cluster string
-	// Namespace is the stage's namespace, set on every namespaced object.
+	// Namespace is the stage's namespace, set on every namespaced object. When Objects do not
+	// hold it, the reconciler creates it (without ebb's labels: it is never pruned).
 	Namespace string
 	// Deployment is the rendered name of the service's Deployment, the object the deployment
 	// model acts on (a namePrefix may have changed it from the pipeline's service).

@@ -20,6 +20,8 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	kyaml "sigs.k8s.io/kustomize/kyaml/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"ebb.dev/ebb/planner/strictyaml"
 )
 
 // scratchRoot holds the kustomization ebb writes around a stage's manifests to set its
@@ -104,6 +106,28 @@ func (r *Renderer) Render(repo *Repo, p *Pipeline, stage string) (*Release, erro
 		return nil, fmt.Errorf("render stage %q of pipeline %q: %w", stage, p.Metadata.Name, err)
 	}
 	return rel, nil
+}
+
+// RenderAll renders every stage of every pipeline and returns the releases that rendered. A
+// stage that fails does not stop the others; its error is located at the field that set its
+// manifests, and all of them are returned as a strictyaml.ErrorList.
+func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, error) {
+	var (
+		releases []*Release
+		errs     strictyaml.ErrorList
+	)
+	for _, p := range pipelines {
+		for i, s := range p.Spec.Stages {
+			rel, err := r.Render(repo, p, s.Name)
+			if err != nil {
+				errs = append(errs, p.errorAt(p.manifestsField(i), "%v", err))
+				continue
+			}
+			releases = append(releases, rel)
+		}
+	}
+	errs.Sort()
+	return releases, errs.Err()
 }
 
 // render returns the cached release when its inputs are unchanged, and builds it otherwise.
