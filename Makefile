@@ -27,9 +27,9 @@ test: testbin
 cluster: testbin
 	$(GO) run ./internal/cmd/devcluster --dir .cache/cluster
 
-## demo: ebb's main job on the embedded local cluster
+## demo: ebb's main job on the embedded local clusters (see internal/cmd/demo)
 demo: testbin build
-	$(GO) run ./internal/cmd/devcluster --dir .cache/cluster
+	$(GO) run ./internal/cmd/demo --dir .cache/demo --ebb bin/ebb
 
 vet:
 	$(GO) vet ./...

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"ebb.dev/ebb/gitsource"
+	"ebb.dev/ebb/internal/config"
+	"ebb.dev/ebb/internal/daemon"
+)
+
+// runFlags are the flags of `ebb run`.
+type runFlags struct {
+	repo, branch, tag, path string
+	interval, resync        time.Duration
+	configFile, listen      string
+	kubeconfig, namespace   string
+	cacheDir, credsDir      string
+	webhookSecretFile       string
+	leaderElect             bool
+	identity, logLevel      string
+}
+
+func newRunCommand() *cobra.Command {
+	f := runFlags{}
+	cmd := &cobra.Command{
+		Use:   "run --repo URL --config FILE",
+		Short: "Run the reconciler daemon",
+		Long: `Run the reconciler: follow a Git repository, plan every enabled pipeline at each new commit,
+roll each stage's release out, verify it, and roll a failed stage back to its last known-good
+release. Logs are JSON on standard error. SIGTERM parks the running execution at a task
+boundary; the next leader continues it.
+
+Git credentials come from --git-credentials-dir (a mounted Secret with username, password,
+bearerToken, identity, known_hosts) or from EBB_GIT_* environment variables. The webhook
+secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd.Context(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.repo, "repo", "", "Git repository URL (https://, ssh://, file://) or local path")
+	fl.StringVar(&f.branch, "branch", "main", "branch to follow")
+	fl.StringVar(&f.tag, "tag", "", "tag to follow instead of a branch")
+	fl.StringVar(&f.path, "path", "", "directory inside the repository that holds the pipelines and manifests")
+	fl.DurationVar(&f.interval, "interval", 30*time.Second, "time between polls when no webhook or local watch triggers one")
+	fl.DurationVar(&f.resync, "resync", time.Minute, "time between drift checks of every pipeline")
+	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters stages deploy to")
+	fl.StringVar(&f.listen, "listen", ":8080", "address serving /metrics, /healthz, /readyz and /webhook; empty to serve nothing")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster ebb records executions in (default: in-cluster, or $KUBECONFIG)")
+	fl.StringVarP(&f.namespace, "namespace", "n", "", "namespace of the execution records and the leader Lease (default: $POD_NAMESPACE, or ebb-system)")
+	fl.StringVar(&f.cacheDir, "cache-dir", filepath.Join(os.TempDir(), "ebb-cache"), "directory of the local Git clone")
+	fl.StringVar(&f.credsDir, "git-credentials-dir", "", "directory of Git credential files (a mounted Secret)")
+	fl.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file holding the push webhook secret")
+	fl.BoolVar(&f.leaderElect, "leader-elect", true, "elect one acting replica with a Lease")
+	fl.StringVar(&f.identity, "identity", "", "this replica's name in the Lease (default: host name)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("repo")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func runDaemon(ctx context.Context, f runFlags) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return usageErrorf("--log-level: %v", err)
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg, err := config.Load(f.configFile)
+	if err != nil {
+		return err
+	}
+	home, err := restConfig(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	src := gitsource.DefaultOptions()
+	src.URL, src.Branch, src.Tag, src.Path, src.CacheDir, src.Interval = f.repo, f.branch, f.tag, f.path, f.cacheDir, f.interval
+	if f.tag != "" {
+		src.Branch = ""
+	}
+	if f.credsDir != "" {
+		src.Credentials, err = gitsource.CredentialsFromDir(f.credsDir)
+	} else {
+		src.Credentials, err = gitsource.CredentialsFromEnv(os.Getenv)
+	}
+	if err != nil {
+		return err
+	}
+	secret, err := webhookSecret(f.webhookSecretFile)
+	if err != nil {
+		return err
+	}
+	ns := f.namespace
+	if ns == "" {
+		ns = os.Getenv("POD_NAMESPACE")
+	}
+	if ns == "" {
+		ns = "ebb-system"
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger.Info("starting", "repo", gitsource.RedactURL(f.repo), "branch", src.Branch, "tag", src.Tag, "path", f.path, "namespace", ns)
+	err = daemon.Run(ctx, daemon.Options{
+		Source: src, Config: cfg, Home: home, Namespace: ns, Listen: f.listen,
+		WebhookSecret: secret, Resync: f.resync, LeaderElection: f.leaderElect, Identity: f.identity,
+		Logger: logger,
+	})
+	if err != nil {
+		logger.Error("stopped", "err", err)
+		return errSilent
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// webhookSecret reads the webhook secret from file, or EBB_WEBHOOK_SECRET.
+func webhookSecret(file string) ([]byte, error) {
+	if file == "" {
+		return []byte(os.Getenv("EBB_WEBHOOK_SECRET")), nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read webhook secret: %w", errors.Unwrap(err))
+	}
+	return []byte(strings.TrimSpace(string(data))), nil
+}

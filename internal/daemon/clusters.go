@@ -1,0 +1,67 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"ebb.dev/ebb/internal/config"
+	"ebb.dev/ebb/reconciler"
+)
+
+// clusters resolves the daemon config's cluster names to clients, lazily: a cluster whose
+// kubeconfig Secret cannot be read yet fails the stages that use it, with the reason, and is
+// tried again on the next execution. Nothing else is affected.
+type clusters struct {
+	cfg       *config.Config
+	home      *rest.Config
+	homeCS    kubernetes.Interface
+	namespace string
+	log       *slog.Logger
+
+	mu       sync.Mutex
+	resolved map[string]*reconciler.Cluster
+}
+
+func newClusters(cfg *config.Config, home *rest.Config, homeCS kubernetes.Interface, namespace string, log *slog.Logger) *clusters {
+	return &clusters{cfg: cfg, home: home, homeCS: homeCS, namespace: namespace, log: log, resolved: map[string]*reconciler.Cluster{}}
+}
+
+// get returns the clients of cluster name.
+func (c *clusters) get(name string) (*reconciler.Cluster, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cl := c.resolved[name]; cl != nil {
+		return cl, nil
+	}
+	entry := c.cfg.Cluster(name)
+	if entry == nil {
+		return nil, fmt.Errorf("cluster %q is not defined in the daemon config", name)
+	}
+	restCfg, err := c.restConfig(entry)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := reconciler.NewCluster(name, restCfg)
+	if err != nil {
+		return nil, err
+	}
+	c.resolved[name] = cl
+	return cl, nil
+}
+
+// restConfig reaches a cluster. "inCluster" means the cluster ebb runs in, which is Home:
+// the same whether ebb runs in a pod or, for tests and the demo, outside with a kubeconfig.
+func (c *clusters) restConfig(e *config.Cluster) (*rest.Config, error) {
+	if e.InCluster {
+		return rest.CopyConfig(c.home), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return e.RESTConfig(ctx, c.homeCS)
+}

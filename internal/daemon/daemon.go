@@ -1,0 +1,336 @@
+// Package daemon wires ebb's parts into the long-running reconciler that `ebb run` starts:
+// the Git source feeds snapshots to the planner, whose releases the reconciler rolls out,
+// while an HTTP server exposes metrics, health and the push webhook. Only the leader (a
+// Lease) acts; other replicas wait to take over.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"ebb.dev/ebb/gitsource"
+	"ebb.dev/ebb/internal/config"
+	"ebb.dev/ebb/planner"
+	"ebb.dev/ebb/reconciler"
+)
+
+// Options configure the daemon. cmd/ebb fills them from flags.
+type Options struct {
+	// Source says which repository, ref and path to follow, and how often to poll.
+	Source gitsource.Options
+	// Config is the daemon config (clusters, remote bases).
+	Config *config.Config
+	// Home is the cluster ebb runs in: its records, events and Lease live there.
+	Home *rest.Config
+	// Namespace holds the records and the Lease.
+	Namespace string
+	// Listen is the address of the metrics, health and webhook server; "" serves nothing.
+	Listen string
+	// WebhookSecret verifies push webhooks; empty disables the webhook endpoint.
+	WebhookSecret []byte
+	// Resync is how often every pipeline's current target is reconciled again, to find drift,
+	// when no commit arrives.
+	Resync time.Duration
+	// LeaderElection makes replicas elect one leader with a Lease; off, this process acts
+	// alone.
+	LeaderElection bool
+	// Identity names this replica in the Lease; default the host name.
+	Identity string
+	// Logger receives every log line.
+	Logger *slog.Logger
+}
+
+// Daemon is a running ebb.
+type Daemon struct {
+	opts     Options
+	log      *slog.Logger
+	source   *gitsource.Source
+	renderer *planner.Renderer
+	rec      *reconciler.Reconciler
+	reg      *prometheus.Registry
+	leading  atomic.Bool
+	polled   atomic.Bool
+
+	mu      sync.Mutex
+	targets []*reconciler.Target // of the last snapshot, re-synced for drift
+}
+
+// Run runs the daemon until ctx is done. The execution in progress then parks at its task
+// boundary, recorded, for the next leader to continue.
+func Run(ctx context.Context, opts Options) error {
+	d, err := newDaemon(opts)
+	if err != nil {
+		return err
+	}
+	defer d.source.Close()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	if opts.Listen != "" {
+		srv, l, err := d.server()
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- err
+			}
+		}()
+		defer func() {
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(shutdown)
+			wg.Wait()
+		}()
+	}
+	if !opts.LeaderElection {
+		return d.lead(ctx)
+	}
+	return d.elect(ctx)
+}
+
+func newDaemon(opts Options) (*Daemon, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Resync <= 0 {
+		opts.Resync = time.Minute
+	}
+	log := opts.Logger
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	srcOpts := opts.Source
+	srcOpts.Logger, srcOpts.Registerer = log, reg
+	source, err := gitsource.New(srcOpts)
+	if err != nil {
+		return nil, err
+	}
+	records, err := dynamic.NewForConfig(opts.Home)
+	if err != nil {
+		return nil, err
+	}
+	events, err := kubernetes.NewForConfig(opts.Home)
+	if err != nil {
+		return nil, err
+	}
+	clusters := newClusters(opts.Config, opts.Home, events, opts.Namespace, log)
+	d := &Daemon{
+		opts: opts, log: log, source: source, reg: reg,
+		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
+	}
+	d.rec = reconciler.New(reconciler.Options{
+		Namespace: opts.Namespace, Records: records, Events: events, Clusters: clusters.get,
+		Render: d.renderAt, Logger: log, Metrics: reconciler.NewMetrics(reg),
+	})
+	return d, nil
+}
+
+// lead does the leader's work: resume open executions, then follow the repository.
+func (d *Daemon) lead(ctx context.Context) error {
+	d.leading.Store(true)
+	defer d.leading.Store(false)
+	if err := d.rec.Resume(ctx); err != nil {
+		return fmt.Errorf("resume executions: %w", err)
+	}
+	go d.resync(ctx)
+	if dir, ok := gitsource.LocalPath(d.opts.Source.URL); ok {
+		// A local repository: a commit reaches the planner at once, not on the next poll.
+		w, err := gitsource.NewWatcher(dir, d.source, d.log)
+		if err != nil {
+			d.log.Warn("no local watch; polling only", "err", err)
+		} else {
+			defer w.Close()
+			go func() { _ = w.Run(ctx) }()
+		}
+	}
+	err := d.source.Run(ctx, func(snap *gitsource.Snapshot) { d.onSnapshot(ctx, snap) })
+	d.rec.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// elect runs lead while this replica holds the Lease.
+func (d *Daemon) elect(ctx context.Context) error {
+	id := d.opts.Identity
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	cs, err := kubernetes.NewForConfig(d.opts.Home)
+	if err != nil {
+		return err
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: "ebb-leader", Namespace: d.opts.Namespace},
+		Client:     cs.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	var leadErr error
+	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		ReleaseOnCancel: true,
+		LeaseDuration:   15 * time.Second,
+		RenewDeadline:   10 * time.Second,
+		RetryPeriod:     2 * time.Second,
+		Name:            "ebb",
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				d.log.Info("leading", "identity", id)
+				leadErr = d.lead(ctx)
+			},
+			OnStoppedLeading: func() { d.log.Info("stopped leading", "identity", id) },
+			OnNewLeader: func(leader string) {
+				if leader != id {
+					d.log.Info("following", "leader", leader)
+				}
+			},
+		},
+	})
+	return leadErr
+}
+
+// onSnapshot plans every pipeline of a new commit and hands the targets to the reconciler.
+func (d *Daemon) onSnapshot(ctx context.Context, snap *gitsource.Snapshot) {
+	d.polled.Store(true)
+	targets := d.plan(snap)
+	d.mu.Lock()
+	d.targets = targets
+	d.mu.Unlock()
+	d.rec.Sync(ctx, targets)
+}
+
+// resync hands the last targets to the reconciler again every Resync, to restore drift.
+func (d *Daemon) resync(ctx context.Context) {
+	t := time.NewTicker(d.opts.Resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.mu.Lock()
+			targets := d.targets
+			d.mu.Unlock()
+			d.rec.Sync(ctx, targets)
+		}
+	}
+}
+
+// plan loads and renders the enabled pipelines of snap. A pipeline with an error is logged
+// with its location and skipped; the others go on.
+func (d *Daemon) plan(snap *gitsource.Snapshot) []*reconciler.Target {
+	log := d.log.With("commit", snap.ShortCommit())
+	repo := planner.NewRepo(snap.FS)
+	pipelines, err := planner.Load(repo, plannerOptions(d.opts.Config))
+	if err != nil {
+		log.Error("pipelines with errors are skipped", "err", err)
+	}
+	var targets []*reconciler.Target
+	for _, p := range pipelines {
+		if !p.Spec.Enabled {
+			log.Debug("pipeline is not enabled; planned only", "pipeline", p.Metadata.Name)
+			continue
+		}
+		t, err := d.target(repo, p, snap)
+		if err != nil {
+			log.Error("pipeline skipped", "pipeline", p.Metadata.Name, "err", err)
+			continue
+		}
+		targets = append(targets, t)
+	}
+	return targets
+}
+
+// target renders every stage of p.
+func (d *Daemon) target(repo *planner.Repo, p *planner.Pipeline, snap *gitsource.Snapshot) (*reconciler.Target, error) {
+	t := &reconciler.Target{Pipeline: p, Commit: reconciler.Commit{SHA: snap.Commit, Message: snap.Message}}
+	for i := range p.Spec.Stages {
+		s := &p.Spec.Stages[i]
+		rel, err := d.renderer.Render(repo, p, s.Name)
+		if err != nil {
+			return nil, err
+		}
+		t.Stages = append(t.Stages, reconciler.Desired{Stage: s, Hash: rel.Hash, Images: rel.Images, Objects: rel.Objects})
+	}
+	return t, nil
+}
+
+// renderAt renders one pipeline at an older commit, for rollbacks and resumed executions.
+func (d *Daemon) renderAt(ctx context.Context, commit, pipeline string) (*reconciler.Target, error) {
+	snap, err := d.source.SnapshotAt(ctx, commit)
+	if err != nil {
+		return nil, err
+	}
+	repo := planner.NewRepo(snap.FS)
+	pipelines, err := planner.Load(repo, plannerOptions(d.opts.Config))
+	for _, p := range pipelines {
+		if p.Metadata.Name == pipeline {
+			return d.target(repo, p, snap)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pipeline %q at commit %s: %w", pipeline, commit, err)
+	}
+	return nil, fmt.Errorf("commit %s has no pipeline %q", commit, pipeline)
+}
+
+// server serves /metrics, /healthz, /readyz and, with a secret, /webhook.
+func (d *Daemon) server() (*http.Server, net.Listener, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// A follower is ready: it serves and waits. A leader is ready once it read Git.
+		if d.leading.Load() && !d.polled.Load() {
+			http.Error(w, "waiting for the first snapshot", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	if len(d.opts.WebhookSecret) > 0 {
+		wopts := gitsource.DefaultWebhookOptions()
+		wopts.Secret, wopts.Logger, wopts.Registerer = d.opts.WebhookSecret, d.log, d.reg
+		hook, err := gitsource.NewWebhook(d.source, wopts)
+		if err != nil {
+			return nil, nil, err
+		}
+		mux.Handle("/webhook", hook)
+	}
+	l, err := net.Listen("tcp", d.opts.Listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on %s: %w", d.opts.Listen, err)
+	}
+	d.log.Info("serving metrics, health and webhook", "address", l.Addr().String())
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l, nil
+}
+
+func plannerOptions(c *config.Config) planner.Options {
+	opts := planner.DefaultOptions()
+	if c != nil {
+		opts.Clusters = c.ClusterNames()
+		opts.AllowRemoteBases = c.AllowRemoteBases
+	}
+	return opts
+}
