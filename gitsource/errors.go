@@ -39,6 +39,8 @@ var (
 	ErrPathNotFound = errors.New("path not found in commit")
 	// ErrCommitNotFound: the commit is neither in the cache nor fetchable from the remote.
 	ErrCommitNotFound = errors.New("commit not found")
+	// ErrHistoryTruncated: the answer lies beyond the history a shallow clone keeps.
+	ErrHistoryTruncated = errors.New("history truncated by the shallow clone")
 )
 
 // Error is the error a Source returns. Its message names the operation and the repository by
@@ -93,7 +95,8 @@ func classify(err error) ErrorKind {
 		errors.Is(err, transport.ErrEmptyRemoteRepository),
 		errors.Is(err, ErrRefNotFound),
 		errors.Is(err, ErrPathNotFound),
-		errors.Is(err, ErrCommitNotFound):
+		errors.Is(err, ErrCommitNotFound),
+		errors.Is(err, ErrHistoryTruncated):
 		return KindNotFound
 	}
 	msg := err.Error()

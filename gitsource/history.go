@@ -2,6 +2,7 @@ package gitsource
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -75,6 +76,7 @@ func (s *Source) IsAncestor(ctx context.Context, a, b string) (bool, error) {
 	}
 	seen := map[plumbing.Hash]bool{hb: true}
 	queue := []plumbing.Hash{hb}
+	truncated := false
 	for len(queue) > 0 {
 		if len(seen)%256 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -87,6 +89,11 @@ func (s *Source) IsAncestor(ctx context.Context, a, b string) (bool, error) {
 			return true, nil
 		}
 		c, err := object.GetCommit(s.st.storage, h)
+		if errors.Is(err, plumbing.ErrObjectNotFound) && h != hb {
+			// The parent of a commit at the shallow clone's edge: history stops here.
+			truncated = true
+			continue
+		}
 		if err != nil {
 			return false, newError(s.redact, KindNotFound, op, fmt.Errorf("commit %s: %w", h, ErrCommitNotFound))
 		}
@@ -96,6 +103,11 @@ func (s *Source) IsAncestor(ctx context.Context, a, b string) (bool, error) {
 				queue = append(queue, p)
 			}
 		}
+	}
+	if truncated {
+		return false, newError(s.redact, KindNotFound, op, fmt.Errorf(
+			"%w: the walk reached the edge of the shallow clone (Options.Depth %d) without finding %s",
+			ErrHistoryTruncated, s.opts.Depth, a))
 	}
 	return false, nil
 }

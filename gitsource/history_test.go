@@ -164,3 +164,55 @@ func TestSnapshotAt(t *testing.T) {
 		assert.Equal(t, KindNotFound, KindOf(err))
 	})
 }
+
+func TestShallowHistory(t *testing.T) {
+	f := newFixture(t, false)
+	c1 := f.head(t)
+	c2 := f.push(t, "c2", map[string]string{"a": "2"})
+	c3 := f.push(t, "c3", map[string]string{"a": "3"})
+	c4 := f.push(t, "c4", map[string]string{"a": "4"})
+	s := f.source(t, func(o *Options) { o.Depth = 2 })
+	snap, _ := poll(t, s)
+	require.Equal(t, c4, snap.Commit)
+
+	got, err := s.IsAncestor(context.Background(), c3, c4)
+	require.NoError(t, err)
+	assert.True(t, got, "within the fetched history")
+
+	_, err = s.IsAncestor(context.Background(), c1, c4)
+	assert.ErrorIs(t, err, ErrCommitNotFound, "c1 was never fetched")
+
+	_, err = gitserver.Git(f.srv.RepoDir(f.name), "config", "uploadpack.allowReachableSHA1InWant", "true")
+	require.NoError(t, err)
+	// A commit on a side branch, fetched by SHA: whether it is in c4's history cannot be told
+	// from a clone that stops at c3.
+	_, err = f.work.Git("checkout", "--quiet", "-b", "side")
+	require.NoError(t, err)
+	side, err := f.work.CommitFiles("side", map[string]string{"b": "side"})
+	require.NoError(t, err)
+	_, err = f.work.Git("push", "--quiet", "origin", "side")
+	require.NoError(t, err)
+	_, err = f.work.Git("checkout", "--quiet", "main")
+	require.NoError(t, err)
+	_, err = s.SnapshotAt(context.Background(), side)
+	require.NoError(t, err)
+	_, err = s.IsAncestor(context.Background(), side, c4)
+	assert.ErrorIs(t, err, ErrHistoryTruncated)
+	assert.Equal(t, KindNotFound, KindOf(err))
+
+	// c2, beyond the edge, is fetched by SHA for a rollback.
+	old, err := s.SnapshotAt(context.Background(), c2)
+	require.NoError(t, err)
+	assert.Equal(t, c2, old.Commit)
+	data, err := fs.ReadFile(old.FS, "a")
+	require.NoError(t, err)
+	assert.Equal(t, "2", string(data))
+
+	// New pushes keep arriving incrementally.
+	c5 := f.push(t, "c5", map[string]string{"a": "5"})
+	snap, _ = poll(t, s)
+	assert.Equal(t, c5, snap.Commit)
+	got, err = s.IsAncestor(context.Background(), c4, c5)
+	require.NoError(t, err)
+	assert.True(t, got)
+}

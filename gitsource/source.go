@@ -99,7 +99,7 @@ func New(opts Options) (*Source, error) {
 	if s.metrics, err = newMetrics(opts.Registerer); err != nil {
 		return nil, newError(red, KindConfig, op, fmt.Errorf("register metrics: %w", err))
 	}
-	s.st = &store{dir: dir, url: clean, cacheBytes: opts.ObjectCacheBytes}
+	s.st = &store{dir: dir, url: clean, cacheBytes: opts.ObjectCacheBytes, depth: opts.Depth}
 	return s, nil
 }
 

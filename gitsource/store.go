@@ -25,6 +25,7 @@ type store struct {
 	dir        string
 	url        string
 	cacheBytes int64
+	depth      int
 
 	mu      sync.Mutex
 	storage *filesystem.Storage
@@ -108,6 +109,7 @@ func (st *store) fetch(ctx context.Context, auth transport.AuthMethod, refspecs 
 		Auth:       auth,
 		Tags:       git.NoTags,
 		Force:      true,
+		Depth:      st.depth,
 	})
 	if errors.Is(err, git.NoErrAlreadyUpToDate) {
 		err = nil
