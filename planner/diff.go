@@ -97,6 +97,12 @@ func NewDiffer(cfg *rest.Config, opts DiffOptions) (*Differ, error) {
 	if opts.FieldManager == "" {
 		opts.FieldManager = DefaultDiffOptions().FieldManager
 	}
+	cfg = rest.CopyConfig(cfg)
+	if cfg.QPS == 0 {
+		// A plan is a burst of reads (a dry-run per object and a list per resource type for
+		// pruning); client-go's default of 5 per second would make it take seconds.
+		cfg.QPS, cfg.Burst = 100, 200
+	}
 	client, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create cluster client: %w", err)

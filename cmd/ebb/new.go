@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"ebb.dev/ebb/planner"
@@ -77,6 +78,12 @@ type app struct {
 func runNew(stdin io.Reader, stdout, stderr io.Writer, f newFlags) error {
 	if f.model != string(planner.ModelRolling) && f.model != string(planner.ModelBlueGreen) {
 		return usageErrorf("--model %q: want %s or %s", f.model, planner.ModelRolling, planner.ModelBlueGreen)
+	}
+	if f.devCluster == "" || f.prodCluster == "" {
+		return usageErrorf("--dev-cluster and --prod-cluster name the clusters of the two stages")
+	}
+	if errs := validation.IsDNS1123Label(f.name); len(errs) > 0 {
+		return usageErrorf("--name %q: a pipeline name is a DNS label: lowercase letters, digits and '-'", f.name)
 	}
 	manifests, err := manifestsDir(f.repo, f.from)
 	if err != nil {

@@ -34,13 +34,14 @@ var errSilent = errors.New("")
 
 // run executes the command line and returns the process exit code.
 func run() int {
-	return execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
+	return execute(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 }
 
 // execute runs ebb with args and returns the exit code; tests call it with buffers.
-func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd := newRootCommand()
 	cmd.SetArgs(args)
+	cmd.SetIn(stdin)
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	err := cmd.ExecuteContext(ctx)

@@ -44,8 +44,8 @@ Exit status: 0 all pipelines are valid; 1 some are not, or the check could not r
 	return cmd
 }
 
-// validation is the result `ebb validate -o yaml|json` prints.
-type validation struct {
+// validateResult is the result `ebb validate -o yaml|json` prints.
+type validateResult struct {
 	Pipelines []validatedPipeline `json:"pipelines"`
 	Errors    []string            `json:"errors"`
 }
@@ -73,7 +73,7 @@ func runValidate(stdout, stderr io.Writer, dirs []string, f validateFlags) error
 	if err != nil {
 		return err
 	}
-	all := validation{Pipelines: []validatedPipeline{}, Errors: []string{}}
+	all := validateResult{Pipelines: []validatedPipeline{}, Errors: []string{}}
 	for _, dir := range dirs {
 		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 			return fmt.Errorf("validate %s: not a directory", dir)
@@ -103,21 +103,21 @@ func runValidate(stdout, stderr io.Writer, dirs []string, f validateFlags) error
 
 // validateRepo loads and renders every pipeline of a repository. It returns the summary and
 // the located errors; err is set only when the check itself could not run.
-func validateRepo(repo *planner.Repo, opts planner.Options) (validation, strictyaml.ErrorList, error) {
+func validateRepo(repo *planner.Repo, opts planner.Options) (validateResult, strictyaml.ErrorList, error) {
 	var errs strictyaml.ErrorList
 	pipelines, err := planner.Load(repo, opts)
 	if !collect(&errs, err) {
-		return validation{}, nil, err
+		return validateResult{}, nil, err
 	}
 	releases, err := planner.NewRenderer(opts).RenderAll(repo, pipelines)
 	if !collect(&errs, err) {
-		return validation{}, nil, err
+		return validateResult{}, nil, err
 	}
 	rendered := map[string]*planner.Release{}
 	for _, r := range releases {
 		rendered[r.Pipeline+"/"+r.Stage] = r
 	}
-	result := validation{Pipelines: []validatedPipeline{}, Errors: []string{}}
+	result := validateResult{Pipelines: []validatedPipeline{}, Errors: []string{}}
 	for _, p := range pipelines {
 		vp := validatedPipeline{Name: p.Metadata.Name, File: p.File, Enabled: p.Spec.Enabled}
 		for _, s := range p.Spec.Stages {
@@ -146,7 +146,7 @@ func collect(errs *strictyaml.ErrorList, err error) bool {
 	return false
 }
 
-func printValidation(w io.Writer, format string, v validation) error {
+func printValidation(w io.Writer, format string, v validateResult) error {
 	if format != "" {
 		return printStructured(w, format, v)
 	}
@@ -163,7 +163,7 @@ func printValidation(w io.Writer, format string, v validation) error {
 }
 
 // countValid counts the pipelines all of whose stages rendered.
-func countValid(v validation) int {
+func countValid(v validateResult) int {
 	n := 0
 	for _, p := range v.Pipelines {
 		ok := true
