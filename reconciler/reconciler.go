@@ -84,26 +84,49 @@ func (r *Reconciler) Sync(ctx context.Context, targets []*Target) {
 }
 
 // Resume continues the executions a previous daemon left open. Call it before the first Sync.
+// Per pipeline, the execution that was running continues from its recorded task; the newest
+// QUEUED one waits behind it (older queued ones are CANCELED, as they would have been).
 func (r *Reconciler) Resume(ctx context.Context) error {
 	all, err := r.store.ListExecutions(ctx, "")
 	if err != nil {
 		return err
 	}
+	active := map[string]*Execution{}
+	queued := map[string]*Execution{}
+	var superseded []*Execution
 	for i := range all {
 		x := &all[i]
 		if x.Status.Phase.Terminal() || x.Spec.Kind != KindDeploy {
 			continue
 		}
-		t, err := r.opts.Render(ctx, x.Spec.Commit, x.Spec.Pipeline)
-		if err != nil {
-			rr := &run{r: r, x: x, log: r.log.With("execution", x.Spec.DisplayName)}
-			if serr := rr.setPhase(ctx, Failed, fmt.Sprintf("could not resume: render commit %s: %v", short(x.Spec.Commit), err)); serr != nil {
-				return serr
-			}
-			continue
+		slot := active
+		if x.Status.Phase == Queued {
+			slot = queued
 		}
-		r.log.Info("resuming execution", "execution", x.Spec.DisplayName, "status", x.Status.Phase)
-		r.worker(ctx, x.Spec.Pipeline).resume(x, t)
+		if old := slot[x.Spec.Pipeline]; old != nil {
+			superseded = append(superseded, old) // oldest first: the newest stays
+		}
+		slot[x.Spec.Pipeline] = x
+	}
+	for _, x := range superseded {
+		rr := &run{r: r, x: x, log: r.log.With("execution", x.Spec.DisplayName)}
+		if err := rr.setPhase(ctx, Canceled, "superseded while the daemon was down"); err != nil {
+			return err
+		}
+	}
+	for _, slot := range []map[string]*Execution{active, queued} {
+		for pipeline, x := range slot {
+			t, err := r.opts.Render(ctx, x.Spec.Commit, pipeline)
+			if err != nil {
+				rr := &run{r: r, x: x, log: r.log.With("execution", x.Spec.DisplayName)}
+				if serr := rr.setPhase(ctx, Failed, fmt.Sprintf("could not resume: render commit %s: %v", short(x.Spec.Commit), err)); serr != nil {
+					return serr
+				}
+				continue
+			}
+			r.log.Info("resuming execution", "execution", x.Spec.DisplayName, "status", x.Status.Phase)
+			r.worker(ctx, pipeline).resume(x, t)
+		}
 	}
 	return nil
 }
@@ -150,23 +173,23 @@ func (r *Reconciler) target(name string) (*Cluster, error) {
 
 // knownGood returns the desired release of a known-good release record: from memory when
 // this daemon verified it, else rendered again from its commit.
-func (r *Reconciler) knownGood(ctx context.Context, pipeline, stage string, good ReleaseRecord) (*Desired, *Target, error) {
+func (r *Reconciler) knownGood(ctx context.Context, pipeline, stage string, good ReleaseRecord) (*Desired, error) {
 	r.mu.Lock()
 	d := r.good[pipeline+"/"+stage]
 	r.mu.Unlock()
-	t, err := r.opts.Render(ctx, good.Commit, pipeline)
-	if d != nil && d.Hash == good.Hash && t != nil {
-		return d, t, nil
+	if d != nil && d.Hash == good.Hash {
+		return d, nil
 	}
+	t, err := r.opts.Render(ctx, good.Commit, pipeline)
 	if err != nil {
-		return nil, nil, fmt.Errorf("render known-good commit %s of pipeline %q: %w", short(good.Commit), pipeline, err)
+		return nil, fmt.Errorf("render known-good commit %s of pipeline %q: %w", short(good.Commit), pipeline, err)
 	}
 	for i := range t.Stages {
 		if t.Stages[i].Stage.Name == stage {
-			return &t.Stages[i], t, nil
+			return &t.Stages[i], nil
 		}
 	}
-	return nil, nil, fmt.Errorf("known-good commit %s of pipeline %q has no stage %q", short(good.Commit), pipeline, stage)
+	return nil, fmt.Errorf("known-good commit %s of pipeline %q has no stage %q", short(good.Commit), pipeline, stage)
 }
 
 // remember keeps a verified release in memory, so a rollback to it needs no rendering.
@@ -185,15 +208,22 @@ type worker struct {
 
 	mu      sync.Mutex
 	busy    bool
+	current string     // commit of the execution in hand, while busy
 	next    *Target    // newest target not yet acted on
 	queued  *Execution // QUEUED record of next, if any
 	resumed *Execution // an execution to continue before anything else
 	resumeT *Target
 }
 
+// resume hands the worker an execution found open at start: a running one continues first;
+// a queued one waits as the newest target.
 func (w *worker) resume(x *Execution, t *Target) {
 	w.mu.Lock()
-	w.resumed, w.resumeT = x, t
+	if x.Status.Phase == Queued {
+		w.next, w.queued = t, x
+	} else {
+		w.resumed, w.resumeT = x, t
+	}
 	w.mu.Unlock()
 	w.poke()
 }
@@ -203,6 +233,9 @@ func (w *worker) resume(x *Execution, t *Target) {
 func (w *worker) offer(ctx context.Context, t *Target) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.busy && t.Commit.SHA == w.current {
+		return // that commit is being executed; a drift check waits for the next resync
+	}
 	w.next = t
 	if w.busy {
 		w.queue(ctx, t)
@@ -210,20 +243,19 @@ func (w *worker) offer(ctx context.Context, t *Target) {
 	w.poke()
 }
 
-// queue records t as QUEUED behind the running execution. Called with w.mu held.
+// queue records t as QUEUED behind the running execution, when it needs an execution by the
+// ledgers as they are now; either way it is decided again once the worker is free. A queued
+// execution of an older commit is CANCELED: the newest commit wins. Called with w.mu held.
 func (w *worker) queue(ctx context.Context, t *Target) {
 	if w.queued != nil && w.queued.Spec.Commit == t.Commit.SHA {
 		return
 	}
+	w.cancelQueued(ctx, "superseded by commit "+short(t.Commit.SHA))
 	if existing, _ := w.r.executionFor(ctx, t); existing != nil {
 		return
 	}
-	if w.queued != nil {
-		old := &run{r: w.r, x: w.queued, log: w.log}
-		if err := old.setPhase(ctx, Canceled, "superseded by commit "+short(t.Commit.SHA)); err != nil {
-			w.log.Error("cancel queued execution", "execution", w.queued.Spec.DisplayName, "err", err)
-		}
-		w.queued = nil
+	if ledgers, err := w.r.ledgers(ctx, t); err != nil || !decide(t, ledgers).deploy {
+		return
 	}
 	x := &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
 	x.Status.Phase = Queued
@@ -234,6 +266,18 @@ func (w *worker) queue(ctx context.Context, t *Target) {
 		return
 	}
 	w.queued = created
+}
+
+// cancelQueued ends the queued execution, if any, CANCELED. Called with w.mu held.
+func (w *worker) cancelQueued(ctx context.Context, why string) {
+	if w.queued == nil {
+		return
+	}
+	old := &run{r: w.r, x: w.queued, log: w.log.With("execution", w.queued.Spec.DisplayName)}
+	if err := old.setPhase(ctx, Canceled, why); err != nil {
+		w.log.Error("cancel queued execution", "execution", w.queued.Spec.DisplayName, "err", err)
+	}
+	w.queued = nil
 }
 
 func (w *worker) poke() {
@@ -265,6 +309,9 @@ func (w *worker) step(ctx context.Context) bool {
 	w.resumed, w.resumeT = nil, nil
 	if x == nil {
 		t = w.next
+		if w.queued != nil && t != nil && w.queued.Spec.Commit != t.Commit.SHA {
+			w.cancelQueued(ctx, "superseded by commit "+short(t.Commit.SHA))
+		}
 		x = w.queued
 		w.next, w.queued = nil, nil
 	}
@@ -272,7 +319,7 @@ func (w *worker) step(ctx context.Context) bool {
 		w.mu.Unlock()
 		return false
 	}
-	w.busy = true
+	w.busy, w.current = true, t.Commit.SHA
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,6 +156,16 @@ func (f *fixture) image() string {
 	return d.Spec.Template.Spec.Containers[0].Image
 }
 
+func (f *fixture) eventReasons(ns, name string) []string {
+	list, err := f.cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
+	require.NoError(f.t, err)
+	var reasons []string
+	for _, e := range list.Items {
+		reasons = append(reasons, e.Reason)
+	}
+	return reasons
+}
+
 func (f *fixture) executions() []Execution {
 	all, err := f.r.Store().ListExecutions(context.Background(), "web")
 	require.NoError(f.t, err)
@@ -188,6 +200,10 @@ func TestRollbackToLastKnownGood(t *testing.T) {
 	assert.Equal(t, "web_dev_rollback#1", ledger.Status.Current.RestoredBy)
 	require.Len(t, ledger.Status.Failed, 1)
 	assert.Equal(t, "c2", ledger.Status.Failed[0].Commit)
+
+	// Events tell the story on the Deployment and on the execution.
+	assert.Subset(t, f.eventReasons(f.ns, "web"), []string{"ReleaseVerified", "ReleaseFailed", "RolledBack"})
+	assert.Subset(t, f.eventReasons(f.records, "web-2"), []string{"RUNNING", "ROLLING_BACK", "ROLLBACK_COMPLETED"})
 
 	// Quarantine: polling the bad commit again, or an unrelated commit with the same
 	// release, applies nothing and records nothing.
@@ -259,4 +275,31 @@ func TestSelfHealOffOnlyReports(t *testing.T) {
 	f.sync(good)
 	f.settle()
 	assert.Equal(t, "registry.example/web:hand-edit", f.image())
+}
+
+// TestNewestQueuedCommitWins: commits arriving during an execution are QUEUED; the newest
+// wins and the queued executions it supersedes are CANCELED.
+func TestNewestQueuedCommitWins(t *testing.T) {
+	f := newFixture(t, true)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
+	defer slow.Close()
+	// Verification takes 20 health checks 100ms apart: time for two more commits to arrive.
+	f.stage.Verify.HealthCheck = &planner.HealthCheck{URL: slow.URL, Interval: planner.Duration{Duration: 100 * time.Millisecond},
+		Successes: 20, Failures: 3, Timeout: planner.Duration{Duration: time.Minute}}
+
+	f.sync(f.commit("c1", "release 1.0", "1.0"))
+	f.waitFor("web#1", Running)
+	f.sync(f.commit("c2", "release 1.1", "1.1"))
+	f.waitFor("web#2", Queued)
+	f.sync(f.commit("c3", "release 1.2", "1.2"))
+	canceled := f.waitFor("web#2", Canceled)
+	assert.Equal(t, "superseded by commit c3", canceled.Status.Comment)
+	f.waitFor("web#3", Queued)
+
+	f.waitFor("web#1", Completed)
+	x := f.waitFor("web#3", Completed)
+	assert.Equal(t, "c3", x.Spec.Commit)
+	assert.Equal(t, "registry.example/web:1.2", f.image())
+	f.settle()
+	assert.Len(t, f.executions(), 3)
 }

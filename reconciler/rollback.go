@@ -20,7 +20,9 @@ func (e *run) rollback(ctx context.Context, failed *Target, stage string, good R
 	if err != nil {
 		return err
 	}
-	rr := &run{r: e.r, x: rb, log: e.r.log.With("execution", rb.Spec.DisplayName)}
+	// The rollback logs under its own name, with the commit and execution that failed.
+	rr := &run{r: e.r, x: rb, log: e.r.log.With("pipeline", failed.Name(), "commit", short(failed.Commit.SHA),
+		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName)}
 	if !rb.Status.Phase.Terminal() {
 		err = rr.restore(ctx, failed.Name(), stage, good)
 		if errors.Is(err, errParked) {
@@ -70,7 +72,7 @@ func (e *run) rollbackExecution(ctx context.Context, failed *Target, stage strin
 // restore applies and verifies the known-good release in this (rollback) run's stage, and
 // records it as the stage's current release.
 func (e *run) restore(ctx context.Context, pipeline, stageName string, good ReleaseRecord) error {
-	d, target, err := e.r.knownGood(ctx, pipeline, stageName, good)
+	d, err := e.r.knownGood(ctx, pipeline, stageName, good)
 	if err != nil {
 		rec := e.stage(stageName)
 		rec.Status, rec.Message = Failed, err.Error()
@@ -97,7 +99,7 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	if d.Hash != good.Hash {
 		rec.Message = fmt.Sprintf("commit %s now renders release %s, not %s: the daemon's configuration changed since", short(good.Commit), short(d.Hash), short(good.Hash))
 	}
-	ledger, err := e.r.store.Ledger(ctx, target.Name(), stageName)
+	ledger, err := e.r.store.Ledger(ctx, pipeline, stageName)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -34,7 +35,7 @@ func (e *run) rolling(ctx context.Context, target *Cluster, pipeline string, sta
 	}); err != nil {
 		return err
 	}
-	return e.task(ctx, rec, TaskVerifyDeployment, true, func(ctx context.Context) error {
+	err := e.task(ctx, rec, TaskVerifyDeployment, true, func(ctx context.Context) error {
 		if err := e.verify(ctx, target, pipeline, stage, deployments); err != nil {
 			return err
 		}
@@ -44,6 +45,29 @@ func (e *run) rolling(ctx context.Context, target *Cluster, pipeline string, sta
 		}
 		return err
 	})
+	e.deploymentEvents(ctx, target, deployments, err)
+	return err
+}
+
+// deploymentEvents records on each Deployment of the release what this run did to it: a
+// verified release, a failed one, or a rollback.
+func (e *run) deploymentEvents(ctx context.Context, target *Cluster, deployments []*unstructured.Unstructured, err error) {
+	if errors.Is(err, errParked) {
+		return
+	}
+	typ, reason := "Normal", "ReleaseVerified"
+	msg := fmt.Sprintf("%s: release of commit %s verified", e.x.Spec.DisplayName, e.x.Spec.ShortCommit)
+	switch {
+	case err != nil && e.x.Spec.Kind == KindRollback:
+		typ, reason, msg = "Warning", "RollbackFailed", fmt.Sprintf("%s failed: %v", e.x.Spec.DisplayName, unwrapTask(err))
+	case err != nil:
+		typ, reason, msg = "Warning", "ReleaseFailed", fmt.Sprintf("%s: release of commit %s failed: %v", e.x.Spec.DisplayName, e.x.Spec.ShortCommit, unwrapTask(err))
+	case e.x.Spec.Kind == KindRollback:
+		typ, reason, msg = "Warning", "RolledBack", fmt.Sprintf("%s restored the release of commit %s", e.x.Spec.DisplayName, e.x.Spec.ShortCommit)
+	}
+	for _, d := range deployments {
+		recordEvent(ctx, target.Typed, e.log, eventRef{apiVersion: "apps/v1", kind: "Deployment", namespace: d.GetNamespace(), name: d.GetName()}, typ, reason, msg)
+	}
 }
 
 // verify waits for every Deployment of the release to roll out, then runs the stage's

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -18,18 +17,17 @@ import (
 // kubeconfig Secret cannot be read yet fails the stages that use it, with the reason, and is
 // tried again on the next execution. Nothing else is affected.
 type clusters struct {
-	cfg       *config.Config
-	home      *rest.Config
-	homeCS    kubernetes.Interface
-	namespace string
-	log       *slog.Logger
+	cfg    *config.Config
+	home   *rest.Config
+	homeCS kubernetes.Interface
+	kube   *kubeRequests
 
 	mu       sync.Mutex
 	resolved map[string]*reconciler.Cluster
 }
 
-func newClusters(cfg *config.Config, home *rest.Config, homeCS kubernetes.Interface, namespace string, log *slog.Logger) *clusters {
-	return &clusters{cfg: cfg, home: home, homeCS: homeCS, namespace: namespace, log: log, resolved: map[string]*reconciler.Cluster{}}
+func newClusters(cfg *config.Config, home *rest.Config, homeCS kubernetes.Interface, kube *kubeRequests) *clusters {
+	return &clusters{cfg: cfg, home: home, homeCS: homeCS, kube: kube, resolved: map[string]*reconciler.Cluster{}}
 }
 
 // get returns the clients of cluster name.
@@ -47,7 +45,7 @@ func (c *clusters) get(name string) (*reconciler.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl, err := reconciler.NewCluster(name, restCfg)
+	cl, err := reconciler.NewCluster(name, c.kube.instrument(restCfg, name))
 	if err != nil {
 		return nil, err
 	}

@@ -120,6 +120,9 @@ func newDaemon(opts Options) (*Daemon, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	kube := newKubeRequests(reg)
+	opts.Home = kube.instrument(opts.Home, "home")
+
 	srcOpts := opts.Source
 	srcOpts.Logger, srcOpts.Registerer = log, reg
 	source, err := gitsource.New(srcOpts)
@@ -134,7 +137,7 @@ func newDaemon(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	clusters := newClusters(opts.Config, opts.Home, events, opts.Namespace, log)
+	clusters := newClusters(opts.Config, opts.Home, events, kube)
 	d := &Daemon{
 		opts: opts, log: log, source: source, reg: reg,
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),

@@ -1,0 +1,417 @@
+// Package e2e runs the real ebb daemon process against two real local clusters, "dev" and
+// "prod", and real Git repositories: the stories the reconciler exists for, from a push to a
+// verified release or a rollback, across kill -9 and with two replicas.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"ebb.dev/ebb/internal/gitserver"
+	"ebb.dev/ebb/internal/testcluster"
+	"ebb.dev/ebb/reconciler"
+)
+
+var (
+	dev, prod       *testcluster.Cluster
+	ebbBin, demoBin string
+	moduleRoot      string
+)
+
+func TestMain(m *testing.M) { os.Exit(testMain(m)) }
+
+func testMain(m *testing.M) int {
+	ctx := context.Background()
+	var err error
+	if moduleRoot, err = testcluster.ModuleRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	bin, err := os.MkdirTemp("", "ebb-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(bin)
+	ebbBin, demoBin = filepath.Join(bin, "ebb"), filepath.Join(bin, "demo")
+	for out, pkg := range map[string]string{ebbBin: "./cmd/ebb", demoBin: "./internal/cmd/demo"} {
+		build := exec.Command("go", "build", "-o", out, pkg)
+		build.Dir = moduleRoot
+		if b, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+			return 1
+		}
+	}
+	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev"}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer dev.Stop()
+	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod"}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer prod.Stop()
+	if err := reconciler.InstallCRDs(ctx, dynamic.NewForConfigOrDie(dev.Config), filepath.Join(moduleRoot, "charts", "ebb", "crds")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "dev cluster logs:\n%s\n", dev.LogTail(10))
+	}
+	return code
+}
+
+// env is one pipeline in its own Git repository, with its own records namespace, and the
+// daemons a test starts for it.
+type env struct {
+	t         *testing.T
+	name      string // pipeline name; also prefixes its namespaces
+	dir       string
+	repo      *gitserver.WorkTree
+	repoURL   string
+	records   string
+	store     *reconciler.Store
+	config    string
+	devCS     kubernetes.Interface
+	prodCS    kubernetes.Interface
+	daemonEnv []string
+	// healthURL, when set, is the dev stage's health check.
+	healthURL string
+	rollback  bool
+}
+
+type envOptions struct {
+	// server serves the repository over smart HTTP with these credentials; nil uses a local
+	// repository (file://) watched by fsnotify.
+	server     *gitserver.Options
+	healthURL  string
+	noRollback bool
+}
+
+func newEnv(t *testing.T, name string, opts envOptions) *env {
+	t.Helper()
+	ctx := context.Background()
+	e := &env{
+		t: t, name: name, dir: t.TempDir(), healthURL: opts.healthURL, rollback: !opts.noRollback,
+		devCS: kubernetes.NewForConfigOrDie(dev.Config), prodCS: kubernetes.NewForConfigOrDie(prod.Config),
+	}
+	ns, err := e.devCS.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ebb-" + name + "-"}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	e.records = ns.Name
+	e.store = reconciler.NewStore(dynamic.NewForConfigOrDie(dev.Config), e.records)
+
+	if opts.server != nil {
+		srv, err := gitserver.New(filepath.Join(e.dir, "server"), *opts.server)
+		require.NoError(t, err)
+		t.Cleanup(func() { srv.Close() })
+		e.repoURL, err = srv.CreateRepo(name)
+		require.NoError(t, err)
+		e.repo, err = gitserver.Clone(srv.AuthURL(name, opts.server.Username, opts.server.Password), filepath.Join(e.dir, "work"))
+		require.NoError(t, err)
+		e.daemonEnv = []string{"EBB_GIT_USERNAME=" + opts.server.Username, "EBB_GIT_PASSWORD=" + opts.server.Password}
+	} else {
+		e.repo, err = gitserver.Init(filepath.Join(e.dir, "repo"))
+		require.NoError(t, err)
+		e.repoURL = "file://" + e.repo.Dir
+	}
+	e.config = filepath.Join(e.dir, "ebb-config.yaml")
+	require.NoError(t, os.WriteFile(e.config, []byte(fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
+kind: Config
+clusters:
+- name: dev
+  kubeconfig: %s
+- name: prod
+  kubeconfig: %s
+`, dev.Kubeconfig, prod.Kubeconfig)), 0o600))
+	return e
+}
+
+// files returns the repository's content for a release with image tag.
+func (e *env) files(tag string) map[string]string {
+	health := ""
+	if e.healthURL != "" {
+		health = fmt.Sprintf("\n      healthCheck: {url: %q, interval: 100ms, successes: 3, failures: 3, timeout: 20s}", e.healthURL)
+	}
+	return map[string]string{
+		"pipelines/" + e.name + ".yaml": fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
+kind: Pipeline
+metadata:
+  name: %[1]s
+spec:
+  enabled: true
+  input:
+    image: registry.example/%[1]s
+    tag: %[2]q
+  manifests: apps/%[1]s
+  service: web
+  stages:
+  - name: dev
+    cluster: dev
+    namespace: %[1]s-dev
+    verify:
+      rollout: {timeout: 1m}%[3]s
+    rollback: %[4]t
+  - name: prod
+    cluster: prod
+    namespace: %[1]s-prod
+    verify:
+      rollout: {timeout: 1m}
+    rollback: %[4]t
+`, e.name, tag, health, e.rollback),
+		"apps/" + e.name + "/kustomization.yaml": "resources: [namespace.yaml, service.yaml, deployment.yaml]\n",
+		"apps/" + e.name + "/namespace.yaml":     "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
+		"apps/" + e.name + "/service.yaml": `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`,
+		"apps/" + e.name + "/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  progressDeadlineSeconds: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: registry.example/%s:0.0.0
+        ports: [{containerPort: 8080}]
+`, e.name),
+	}
+}
+
+// release commits (and pushes, for a served repository) the release with image tag.
+func (e *env) release(tag, message string) string {
+	e.t.Helper()
+	sha, err := e.repo.CommitFiles(message, e.files(tag))
+	require.NoError(e.t, err)
+	e.push()
+	return sha
+}
+
+func (e *env) push() {
+	e.t.Helper()
+	if strings.HasPrefix(e.repoURL, "http") {
+		require.NoError(e.t, e.repo.Push())
+	}
+}
+
+// daemon is one `ebb run` process, with its JSON log lines kept for the test to read.
+type daemon struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	port int
+	mu   sync.Mutex
+	logs []map[string]any
+	raw  []string
+	done chan struct{}
+}
+
+// startDaemon runs `ebb run` for e, with extra flags.
+func (e *env) startDaemon(extra ...string) *daemon {
+	e.t.Helper()
+	port := freePort(e.t)
+	args := append([]string{"run",
+		"--repo", e.repoURL, "--branch", "main", "--config", e.config,
+		"--kubeconfig", dev.Kubeconfig, "--namespace", e.records,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--interval", "1s", "--resync", "2s", "--log-level", "debug",
+		"--cache-dir", filepath.Join(e.dir, "cache"),
+	}, extra...)
+	d := &daemon{t: e.t, port: port, done: make(chan struct{})}
+	d.cmd = exec.Command(ebbBin, args...)
+	d.cmd.Env = append(os.Environ(), e.daemonEnv...)
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stderr, err := d.cmd.StderrPipe()
+	require.NoError(e.t, err)
+	require.NoError(e.t, d.cmd.Start())
+	go d.read(stderr)
+	e.t.Cleanup(func() {
+		d.kill()
+		if e.t.Failed() {
+			d.mu.Lock()
+			n := len(d.raw)
+			from := max(0, n-60)
+			e.t.Logf("daemon log (last %d lines):\n%s", n-from, strings.Join(d.raw[from:], "\n"))
+			d.mu.Unlock()
+		}
+	})
+	return d
+}
+
+func (d *daemon) read(r io.Reader) {
+	defer close(d.done)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		var m map[string]any
+		_ = json.Unmarshal([]byte(line), &m)
+		d.mu.Lock()
+		d.raw = append(d.raw, line)
+		if m != nil {
+			d.logs = append(d.logs, m)
+		}
+		d.mu.Unlock()
+	}
+}
+
+// waitLog waits for a log line with every given key=value, and returns it.
+func (d *daemon) waitLog(timeout time.Duration, kv ...string) map[string]any {
+	d.t.Helper()
+	var found map[string]any
+	require.Eventually(d.t, func() bool {
+		found = d.findLog(kv...)
+		return found != nil
+	}, timeout, 5*time.Millisecond, "no daemon log line with %v", kv)
+	return found
+}
+
+func (d *daemon) findLog(kv ...string) map[string]any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range d.logs {
+		match := true
+		for i := 0; i+1 < len(kv); i += 2 {
+			if fmt.Sprint(m[kv[i]]) != kv[i+1] {
+				match = false
+				break
+			}
+		}
+		if match {
+			return m
+		}
+	}
+	return nil
+}
+
+func (d *daemon) countLogs(kv ...string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, m := range d.logs {
+		match := true
+		for i := 0; i+1 < len(kv); i += 2 {
+			if fmt.Sprint(m[kv[i]]) != kv[i+1] {
+				match = false
+				break
+			}
+		}
+		if match {
+			n++
+		}
+	}
+	return n
+}
+
+// kill9 kills the daemon with SIGKILL, as a crash or an OOM kill would.
+func (d *daemon) kill() {
+	if d.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+	<-d.done
+	_ = d.cmd.Wait()
+}
+
+// terminate sends SIGTERM, as Kubernetes does, and waits for the daemon to exit.
+func (d *daemon) terminate() error {
+	_ = syscall.Kill(d.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		return fmt.Errorf("daemon did not exit within 20s of SIGTERM")
+	}
+	return d.cmd.Wait()
+}
+
+// waitExecution waits for the Deploy execution of commit to reach status.
+func (e *env) waitExecution(commit string, status reconciler.Status) *reconciler.Execution {
+	e.t.Helper()
+	var last *reconciler.Execution
+	require.Eventually(e.t, func() bool {
+		list, err := e.store.ListExecutions(context.Background(), e.name)
+		if err != nil {
+			return false
+		}
+		for i := range list {
+			if list[i].Spec.Kind == reconciler.KindDeploy && list[i].Spec.Commit == commit {
+				last = &list[i]
+				return list[i].Status.Phase == status
+			}
+		}
+		return false
+	}, 90*time.Second, 20*time.Millisecond, "execution of %s never reached %s; last: %s", commit[:7], status, describe(last))
+	return last
+}
+
+// waitNamed waits for the execution with a display name to reach status.
+func (e *env) waitNamed(display string, status reconciler.Status) *reconciler.Execution {
+	e.t.Helper()
+	var x *reconciler.Execution
+	require.Eventually(e.t, func() bool {
+		var err error
+		x, err = e.store.GetExecution(context.Background(), reconciler.ObjectName(display))
+		return err == nil && x.Status.Phase == status
+	}, 90*time.Second, 20*time.Millisecond, "%s never reached %s; last: %s", display, status, describe(x))
+	return x
+}
+
+func (e *env) executions() []reconciler.Execution {
+	e.t.Helper()
+	list, err := e.store.ListExecutions(context.Background(), e.name)
+	require.NoError(e.t, err)
+	return list
+}
+
+// image returns the image of the web Deployment in a stage's namespace.
+func (e *env) image(cs kubernetes.Interface, stage string) string {
+	e.t.Helper()
+	d, err := cs.AppsV1().Deployments(e.name+"-"+stage).Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		return "none: " + err.Error()
+	}
+	return d.Spec.Template.Spec.Containers[0].Image
+}
+
+func (e *env) imageOf(tag string) string { return "registry.example/" + e.name + ":" + tag }
+
+func describe(x *reconciler.Execution) string {
+	if x == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%s %s stage=%s comment=%q", x.Spec.DisplayName, x.Status.Phase, x.Status.Stage, x.Status.Comment)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
