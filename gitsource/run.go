@@ -17,7 +17,9 @@ func (s *Source) Trigger() {
 }
 
 // Run polls at once, then every Interval and on each Trigger, until ctx is done, calling
-// onChange with each new snapshot (and the first). After failed polls it waits with
+// onChange with each snapshot that differs from the one served before the poll (so a fresh
+// Source delivers its first snapshot; one polled before Run does not deliver it again: use
+// Last). After failed polls it waits with
 // exponential back-off and jitter instead of Interval; a Trigger still polls at once, since a
 // push notification is good evidence that the remote is back. onChange runs on Run's
 // goroutine: a slow onChange delays the next poll, never overlaps it. Run returns ctx's error.

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"path"
@@ -100,9 +101,24 @@ func (s *SSHServer) handle(sess gliderssh.Session) {
 	}
 	cmd := exec.CommandContext(sess.Context(), "git", strings.TrimPrefix(args[0], "git-"), dir)
 	cmd.Env = []string{"GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1", "PATH=/usr/bin:/bin:/usr/local/bin"}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = sess, sess, sess.Stderr()
+	cmd.Stdout, cmd.Stderr = sess, sess.Stderr()
+	// Copy stdin ourselves: with cmd.Stdin = sess, Wait would wait for a copy that only ends
+	// when the client closes its side, and the git CLI waits for the exit status first.
+	stdin, err := cmd.StdinPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		fmt.Fprintf(sess.Stderr(), "start %s: %v\n", args[0], err)
+		_ = sess.Exit(1)
+		return
+	}
+	go func() {
+		_, _ = io.Copy(stdin, sess)
+		_ = stdin.Close()
+	}()
 	code := 0
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Wait(); err != nil {
 		code = 1
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
