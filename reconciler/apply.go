@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -29,6 +30,9 @@ type Cluster struct {
 	Typed   kubernetes.Interface
 	Dynamic dynamic.Interface
 	mapper  *restmapper.DeferredDiscoveryRESTMapper
+
+	watchOnce sync.Once
+	watch     *deploymentWatch
 }
 
 // NewCluster connects to a cluster. It does not contact the cluster yet: an unreachable
@@ -36,7 +40,8 @@ type Cluster struct {
 func NewCluster(name string, cfg *rest.Config) (*Cluster, error) {
 	cfg = rest.CopyConfig(cfg)
 	if cfg.QPS == 0 {
-		cfg.QPS, cfg.Burst = 50, 100
+		// Hundreds of pipelines share one client per cluster.
+		cfg.QPS, cfg.Burst = 100, 200
 	}
 	typed, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

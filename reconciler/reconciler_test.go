@@ -57,6 +57,7 @@ func newFixture(t *testing.T, rollback bool) *fixture {
 	require.NoError(t, err)
 	target, err := NewCluster("dev", cluster.Config)
 	require.NoError(t, err)
+	t.Cleanup(target.Close)
 
 	f := &fixture{
 		t: t, cs: cs, ns: "app-" + records.Name, records: records.Name, targets: map[string]*Target{},

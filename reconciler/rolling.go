@@ -82,7 +82,7 @@ func (e *run) verify(ctx context.Context, target *Cluster, pipeline string, stag
 		timeout = 5 * time.Minute
 	}
 	for _, dep := range deployments {
-		if err := WaitRollout(ctx, target.Typed, dep.GetNamespace(), dep.GetName(), timeout); err != nil {
+		if err := target.WaitRollout(ctx, dep.GetNamespace(), dep.GetName(), timeout); err != nil {
 			return err
 		}
 	}

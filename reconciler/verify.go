@@ -10,8 +10,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // VerificationError says a release was checked and found bad: the stage rolls back.
@@ -25,40 +23,6 @@ func (e *VerificationError) Error() string { return e.Check + ": " + e.Reason }
 
 func verificationFailed(check, format string, args ...any) error {
 	return &VerificationError{Check: check, Reason: fmt.Sprintf(format, args...)}
-}
-
-// rolloutPoll is how often a rollout's progress is read.
-const rolloutPoll = 100 * time.Millisecond
-
-// WaitRollout waits until Deployment ns/name has rolled out: the controller observed its
-// latest generation and every replica is updated, ready and available, with no old pods left.
-// ProgressDeadlineExceeded, or timeout, fails it at once with a VerificationError.
-func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			last = err.Error()
-		} else {
-			done, why, failed := rolloutState(d)
-			if failed {
-				return verificationFailed("rollout", "Deployment %s/%s: %s", ns, name, why)
-			}
-			if done {
-				return nil
-			}
-			last = why
-		}
-		if time.Now().After(deadline) {
-			return verificationFailed("rollout", "Deployment %s/%s did not roll out within %s: %s", ns, name, timeout, last)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(rolloutPoll):
-		}
-	}
 }
 
 // rolloutState reads a Deployment's status the way `kubectl rollout status` does.

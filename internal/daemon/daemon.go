@@ -122,6 +122,10 @@ func newDaemon(opts Options) (*Daemon, error) {
 
 	kube := newKubeRequests(reg)
 	opts.Home = kube.instrument(opts.Home, "home")
+	if opts.Home.QPS == 0 {
+		// client-go's default of 5 requests a second cannot record hundreds of executions.
+		opts.Home.QPS, opts.Home.Burst = 100, 200
+	}
 
 	srcOpts := opts.Source
 	srcOpts.Logger, srcOpts.Registerer = log, reg

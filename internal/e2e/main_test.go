@@ -84,7 +84,7 @@ func testMain(m *testing.M) int {
 // env is one pipeline in its own Git repository, with its own records namespace, and the
 // daemons a test starts for it.
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	name      string // pipeline name; also prefixes its namespaces
 	dir       string
 	repo      *gitserver.WorkTree
@@ -108,7 +108,7 @@ type envOptions struct {
 	noRollback bool
 }
 
-func newEnv(t *testing.T, name string, opts envOptions) *env {
+func newEnv(t testing.TB, name string, opts envOptions) *env {
 	t.Helper()
 	ctx := context.Background()
 	e := &env{
@@ -147,13 +147,16 @@ clusters:
 }
 
 // files returns the repository's content for a release with image tag.
-func (e *env) files(tag string) map[string]string {
+func (e *env) files(tag string) map[string]string { return e.pipelineFiles(e.name, tag, 3) }
+
+// pipelineFiles returns the files of pipeline name, deploying replicas pods of image tag.
+func (e *env) pipelineFiles(name, tag string, replicas int) map[string]string {
 	health := ""
 	if e.healthURL != "" {
 		health = fmt.Sprintf("\n      healthCheck: {url: %q, interval: 100ms, successes: 3, failures: 3, timeout: 20s}", e.healthURL)
 	}
 	return map[string]string{
-		"pipelines/" + e.name + ".yaml": fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
+		"pipelines/" + name + ".yaml": fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
 kind: Pipeline
 metadata:
   name: %[1]s
@@ -177,21 +180,21 @@ spec:
     verify:
       rollout: {timeout: 1m}
     rollback: %[4]t
-`, e.name, tag, health, e.rollback),
-		"apps/" + e.name + "/kustomization.yaml": "resources: [namespace.yaml, service.yaml, deployment.yaml]\n",
-		"apps/" + e.name + "/namespace.yaml":     "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
-		"apps/" + e.name + "/service.yaml": `apiVersion: v1
+`, name, tag, health, e.rollback),
+		"apps/" + name + "/kustomization.yaml": "resources: [namespace.yaml, service.yaml, deployment.yaml]\n",
+		"apps/" + name + "/namespace.yaml":     "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
+		"apps/" + name + "/service.yaml": `apiVersion: v1
 kind: Service
 metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `,
-		"apps/" + e.name + "/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
+		"apps/" + name + "/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
 spec:
-  replicas: 3
+  replicas: %d
   progressDeadlineSeconds: 3
   selector: {matchLabels: {app: web}}
   template:
@@ -201,7 +204,7 @@ spec:
       - name: web
         image: registry.example/%s:0.0.0
         ports: [{containerPort: 8080}]
-`, e.name),
+`, replicas, name),
 	}
 }
 
@@ -223,7 +226,7 @@ func (e *env) push() {
 
 // daemon is one `ebb run` process, with its JSON log lines kept for the test to read.
 type daemon struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	port int
 	mu   sync.Mutex
@@ -408,7 +411,7 @@ func describe(x *reconciler.Execution) string {
 	return fmt.Sprintf("%s %s stage=%s comment=%q", x.Spec.DisplayName, x.Status.Phase, x.Status.Stage, x.Status.Comment)
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
