@@ -42,6 +42,8 @@ type fsOp struct {
 type recordingFS struct {
 	filesys.FileSystem
 	ignore string
+	// hidden is a file whose looks are not noted while ebb has stood in its own version of it.
+	hidden string
 	ops    []fsOp
 }
 
@@ -50,7 +52,7 @@ func newRecordingFS(fsys filesys.FileSystem, ignorePrefix string) *recordingFS {
 }
 
 func (r *recordingFS) note(kind opKind, arg, digest string) {
-	if strings.HasPrefix(arg, r.ignore) {
+	if strings.HasPrefix(arg, r.ignore) || (r.hidden != "" && arg == r.hidden) {
 		return
 	}
 	r.ops = append(r.ops, fsOp{kind: kind, arg: arg, digest: digest})

@@ -48,7 +48,7 @@ func editFile(t *testing.T, dir, name, old, new string) {
 
 // apply writes a release the way the reconciler does: server-side apply as "ebb", then waits
 // until its Deployment has rolled out, so the cluster is quiet while the test plans.
-func apply(t *testing.T, d *Differ, rel *Release) {
+func apply(t testing.TB, d *Differ, rel *Release) {
 	t.Helper()
 	ctx := context.Background()
 	ns := &unstructured.Unstructured{Object: map[string]any{
@@ -93,7 +93,7 @@ func actions(p *Plan) []string {
 
 // resourceVersions returns the resourceVersion of every object the release names and of every
 // object carrying the stage's labels.
-func resourceVersions(t *testing.T, d *Differ, rel *Release) map[string]string {
+func resourceVersions(t testing.TB, d *Differ, rel *Release) map[string]string {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string]string{}

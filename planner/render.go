@@ -4,10 +4,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"path"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -24,8 +27,8 @@ import (
 	"ebb.dev/ebb/planner/strictyaml"
 )
 
-// scratchRoot holds the kustomization ebb writes around a stage's manifests to set its
-// namespace and labels. It is outside repoRoot, so it is never mistaken for the user's files.
+// scratchRoot holds the kustomization ebb writes for a plain YAML directory. It is outside
+// repoRoot, so it is never mistaken for the user's files.
 const scratchRoot = "/ebb"
 
 // kustomizeMu serialises kustomize runs: kustomize keeps process-wide state (its OpenAPI
@@ -198,30 +201,39 @@ func build(fsys *recordingFS, params renderParams) (*Release, error) {
 		rel.Service = svc.GetName()
 	}
 	rel.Images = deploymentImages(findObject(objects, "Deployment", deploy.GetName()))
+	if err := checkImageUsed(rel, params.Image); err != nil {
+		return nil, err
+	}
 	return rel, nil
 }
 
-// runKustomize writes the stage's wrapping kustomization and builds it. A directory without a
-// kustomization is a plain YAML directory: its YAML files are the resources.
+// runKustomize builds the stage's manifests with the stage's namespace and ebb's labels,
+// with kustomize's own semantics. A kustomization gets the two fields added to its own file
+// for the build (in the in-memory copy; a wrapping kustomization would cost a third more
+// time). A directory without kustomization is a plain YAML directory: ebb writes one that
+// lists its YAML files.
 func runKustomize(fsys *recordingFS, params renderParams) (resmap.ResMap, error) {
 	src := path.Join(repoRoot, params.Manifests)
 	resources, plain, err := stageResources(fsys, src)
 	if err != nil {
 		return nil, err
 	}
-	dir := path.Join(scratchRoot, params.Pipeline, params.Stage)
-	kustomization := wrapperKustomization(dir, resources, params)
-	if err := fsys.MkdirAll(dir); err != nil {
-		return nil, err
-	}
-	if err := fsys.WriteFile(path.Join(dir, "kustomization.yaml"), kustomization); err != nil {
-		return nil, err
-	}
 	opts := krusty.MakeDefaultOptions()
+	dir := src
 	if plain {
+		dir = path.Join(scratchRoot, params.Pipeline, params.Stage)
+		if err := writeScratch(fsys, dir, wrapperKustomization(dir, resources, params)); err != nil {
+			return nil, err
+		}
 		// The files of a plain directory sit beside, not below, the wrapping kustomization.
 		// The filesystem holds nothing but the repository, so this reaches nothing more.
 		opts.LoadRestrictions = types.LoadRestrictionsNone
+	} else {
+		restore, err := standIn(fsys, resources[0], params)
+		if err != nil {
+			return nil, err
+		}
+		defer restore()
 	}
 	m, err := krusty.MakeKustomizer(opts).Run(fsys, dir)
 	if err != nil {
@@ -230,12 +242,53 @@ func runKustomize(fsys *recordingFS, params renderParams) (resmap.ResMap, error)
 	return m, nil
 }
 
-// stageResources returns what the wrapping kustomization lists: the manifests directory if it
-// is a kustomization, or else the YAML files in it (ebb's own files left out).
+func writeScratch(fsys *recordingFS, dir string, kustomization []byte) error {
+	if err := fsys.MkdirAll(dir); err != nil {
+		return err
+	}
+	return fsys.WriteFile(path.Join(dir, "kustomization.yaml"), kustomization)
+}
+
+// standIn replaces a kustomization file, for one build, with a copy that also sets the
+// stage's namespace and adds ebb's labels. Its original content is what the cache notes.
+func standIn(fsys *recordingFS, file string, params renderParams) (func(), error) {
+	original, err := fsys.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var k map[string]any
+	if err := sigsyaml.Unmarshal(original, &k); err != nil {
+		return nil, fmt.Errorf("kustomize %s: read %s: %w", params.Manifests, strings.TrimPrefix(file, repoRoot+"/"), err)
+	}
+	if k == nil {
+		k = map[string]any{}
+	}
+	k["namespace"] = params.Namespace
+	labels, _ := k["labels"].([]any)
+	k["labels"] = append(labels, map[string]any{
+		"includeSelectors": false,
+		"pairs":            map[string]any{LabelPipeline: params.Pipeline, LabelStage: params.Stage},
+	})
+	changed, err := sigsyaml.Marshal(k)
+	if err != nil {
+		return nil, err
+	}
+	fsys.hidden = file
+	if err := fsys.FileSystem.WriteFile(file, changed); err != nil {
+		return nil, err
+	}
+	return func() {
+		_ = fsys.FileSystem.WriteFile(file, original)
+		fsys.hidden = ""
+	}, nil
+}
+
+// stageResources returns the kustomization file of the manifests directory, or else, for a
+// plain directory, the YAML files in it (ebb's own files left out).
 func stageResources(fsys *recordingFS, src string) ([]string, bool, error) {
 	for _, name := range kustomizationFiles {
-		if fsys.Exists(path.Join(src, name)) {
-			return []string{src}, false, nil
+		if file := path.Join(src, name); fsys.Exists(file) {
+			return []string{file}, false, nil
 		}
 	}
 	names, err := fsys.ReadDir(src)
@@ -337,8 +390,7 @@ func findByName(m resmap.ResMap, kind, name string) (*resource.Resource, error) 
 }
 
 // injectImage sets the tag (or digest) of every container and init container of the
-// Deployment whose image has the given name, following kustomize's `images` semantics. It is
-// an error when no container uses the image: the pipeline would release nothing.
+// Deployment whose image has the given name, following kustomize's `images` semantics.
 func injectImage(deploy *resource.Resource, image, tag string) error {
 	if image == "" {
 		return nil
@@ -350,28 +402,21 @@ func injectImage(deploy *resource.Resource, image, tag string) error {
 	if _, err := (imagetag.LegacyFilter{ImageTag: it}).Filter([]*kyaml.RNode{&deploy.RNode}); err != nil {
 		return fmt.Errorf("set image %s of Deployment %q: %w", image, deploy.GetName(), err)
 	}
-	images, err := resourceImages(deploy)
-	if err != nil {
-		return err
+	return nil
+}
+
+// checkImageUsed makes it an error when no container of the Deployment uses the input image:
+// the pipeline would release nothing.
+func checkImageUsed(rel *Release, image string) error {
+	if image == "" {
+		return nil
 	}
-	for _, img := range images {
+	for _, img := range rel.Images {
 		if imageName(img) == image {
 			return nil
 		}
 	}
-	return fmt.Errorf("no container of Deployment %q uses image %s (it runs %s)", deploy.GetName(), image, strings.Join(images, ", "))
-}
-
-func resourceImages(res *resource.Resource) ([]string, error) {
-	data, err := res.MarshalJSON()
-	if err != nil {
-		return nil, err
-	}
-	u := &unstructured.Unstructured{}
-	if err := u.UnmarshalJSON(data); err != nil {
-		return nil, err
-	}
-	return deploymentImages(u), nil
+	return fmt.Errorf("no container of Deployment %q uses image %s (it runs %s)", rel.Deployment, image, strings.Join(rel.Images, ", "))
 }
 
 // imageName strips the tag and digest from an image reference.
@@ -411,12 +456,8 @@ var placeholderRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 func toObjects(m resmap.ResMap, values Values) ([]*unstructured.Unstructured, error) {
 	objects := make([]*unstructured.Unstructured, 0, m.Size())
 	for _, res := range m.Resources() {
-		data, err := resourceJSON(res, values)
+		u, err := toObject(res, values)
 		if err != nil {
-			return nil, fmt.Errorf("%s %q: %w", res.GetKind(), res.GetName(), err)
-		}
-		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(data); err != nil {
 			return nil, fmt.Errorf("%s %q: %w", res.GetKind(), res.GetName(), err)
 		}
 		objects = append(objects, u)
@@ -424,8 +465,30 @@ func toObjects(m resmap.ResMap, values Values) ([]*unstructured.Unstructured, er
 	return objects, nil
 }
 
+// toObject converts a resource to an unstructured object. Without values it converts the
+// YAML tree directly, several times cheaper than through JSON text; with values the YAML text
+// is substituted first, so `replicas: ${replicas}` becomes a number.
+func toObject(res *resource.Resource, values Values) (*unstructured.Unstructured, error) {
+	if len(values) == 0 {
+		if v, err := nodeValue(res.YNode(), 0); err == nil {
+			if m, ok := v.(map[string]any); ok {
+				return &unstructured.Unstructured{Object: m}, nil
+			}
+		}
+	}
+	data, err := resourceJSON(res, values)
+	if err != nil {
+		return nil, err
+	}
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(data); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
 // resourceJSON returns a resource as JSON, its YAML text substituted first when there are
-// values, so `replicas: ${replicas}` becomes a number.
+// values.
 func resourceJSON(res *resource.Resource, values Values) ([]byte, error) {
 	if len(values) == 0 {
 		return res.MarshalJSON()
@@ -445,6 +508,85 @@ func resourceJSON(res *resource.Resource, values Values) ([]byte, error) {
 		return nil, fmt.Errorf("after substituting values: %w", err)
 	}
 	return data, nil
+}
+
+// errNotJSON says a YAML value has no plain JSON form (e.g. .inf, a timestamp); such a
+// resource takes the slower JSON path, which converts it as kustomize does.
+var errNotJSON = errors.New("value has no plain JSON form")
+
+// nodeValue converts a YAML node to the values unstructured objects hold: maps, slices,
+// strings, int64, float64, bools and nil.
+func nodeValue(n *kyaml.Node, depth int) (any, error) {
+	if depth > 256 {
+		return nil, errNotJSON
+	}
+	switch n.Kind {
+	case kyaml.DocumentNode:
+		if len(n.Content) != 1 {
+			return nil, errNotJSON
+		}
+		return nodeValue(n.Content[0], depth+1)
+	case kyaml.AliasNode:
+		return nodeValue(n.Alias, depth+1)
+	case kyaml.MappingNode:
+		m := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if k.Kind != kyaml.ScalarNode || k.Value == "<<" {
+				return nil, errNotJSON
+			}
+			v, err := nodeValue(n.Content[i+1], depth+1)
+			if err != nil {
+				return nil, err
+			}
+			m[k.Value] = v
+		}
+		return m, nil
+	case kyaml.SequenceNode:
+		s := make([]any, len(n.Content))
+		for i, c := range n.Content {
+			v, err := nodeValue(c, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			s[i] = v
+		}
+		return s, nil
+	case kyaml.ScalarNode:
+		return scalarValue(n)
+	}
+	return nil, errNotJSON
+}
+
+// scalarValue converts a scalar by its resolved tag, as JSON would hold it.
+func scalarValue(n *kyaml.Node) (any, error) {
+	switch n.ShortTag() {
+	case "!!str":
+		return n.Value, nil
+	case "!!null":
+		return nil, nil
+	case "!!bool":
+		b, err := strconv.ParseBool(strings.ToLower(n.Value))
+		if err != nil {
+			return nil, errNotJSON
+		}
+		return b, nil
+	case "!!int":
+		if i, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64); err == nil {
+			return i, nil
+		}
+		return nil, errNotJSON
+	case "!!float":
+		f, err := strconv.ParseFloat(n.Value, 64)
+		if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+			return nil, errNotJSON
+		}
+		if f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+			return int64(f), nil // as JSON decoding into unstructured does
+		}
+		return f, nil
+	}
+	return nil, errNotJSON
 }
 
 // hashObjects returns "sha256:<hex>" over the canonical JSON of the ordered objects. JSON

@@ -9,10 +9,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	kyaml "sigs.k8s.io/kustomize/kyaml/yaml"
 )
 
 // loadOne loads the repository at dir and returns it with the pipeline named name.
-func loadOne(t *testing.T, dir, name string) (*Repo, *Pipeline) {
+func loadOne(t testing.TB, dir, name string) (*Repo, *Pipeline) {
 	t.Helper()
 	repo := NewRepo(os.DirFS(dir))
 	pipelines, err := Load(repo, testClusters)
@@ -243,4 +244,37 @@ func TestRenderCache(t *testing.T) {
 	assert.NotEqual(t, changed.Hash, retagged.Hash)
 	assert.Equal(t, []string{"registry.example.com/team/web:1.4.3"}, retagged.Images)
 	assert.Equal(t, RenderStats{Rendered: 3, Reused: 2}, r.Stats())
+}
+
+// TestNodeValueMatchesJSON checks that the direct YAML-to-object conversion gives what the
+// JSON path (kustomize's own) gives, and defers to it for what JSON cannot say plainly.
+func TestNodeValueMatchesJSON(t *testing.T) {
+	tests := []struct {
+		name     string
+		yaml     string
+		fallback bool
+	}{
+		{"scalars", `{kind: X, i: 3, neg: -0x10, big: 9007199254740993, f: 1.5, whole: 2.0, exp: 1e3, t: true, T: True, n: null, e: ~, s: "3", q: 'yes', u: 1_000}`, false},
+		{"nested", "kind: X\nspec:\n  list: [1, {a: [b, {c: d}]}]\n  empty: {}\n  none: []\n", false},
+		{"anchors", "kind: X\na: &x {k: v}\nb: *x\n", false},
+		{"timestamp", "kind: X\nwhen: 2024-01-02\n", true},
+		{"infinity", "kind: X\nf: .inf\n", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			node, err := kyaml.Parse(tt.yaml)
+			require.NoError(t, err)
+			got, err := nodeValue(node.YNode(), 0)
+			if tt.fallback {
+				assert.ErrorIs(t, err, errNotJSON)
+				return
+			}
+			require.NoError(t, err)
+			data, err := node.MarshalJSON()
+			require.NoError(t, err)
+			want := &unstructured.Unstructured{}
+			require.NoError(t, want.UnmarshalJSON(data))
+			assert.Equal(t, want.Object, got)
+		})
+	}
 }

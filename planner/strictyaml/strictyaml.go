@@ -21,6 +21,11 @@ import (
 // maxDepth bounds nesting (and alias chains), so hostile input cannot exhaust the stack.
 const maxDepth = 64
 
+// maxAliases bounds how many aliases a document may expand. The parser does not expand them,
+// the decoder does, so without a bound a "billion laughs" document of nested aliases would
+// take exponential time.
+const maxAliases = 1000
+
 // Pos is a position in a file, 1-based.
 type Pos struct {
 	Line int
@@ -216,9 +221,10 @@ func Decode(file string, doc *yaml.Node, into any) (*Fields, ErrorList) {
 }
 
 type decoder struct {
-	file   string
-	fields *Fields
-	errs   ErrorList
+	file    string
+	fields  *Fields
+	errs    ErrorList
+	aliases int
 }
 
 // errorf reports a problem at node n; path is the field it failed to decode.
@@ -240,6 +246,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, depth int) 
 		return
 	}
 	if n.Kind == yaml.AliasNode {
+		if d.aliases++; d.aliases > maxAliases {
+			if d.aliases == maxAliases+1 {
+				d.errorf(n, path, "%s: too many aliases (more than %d)", displayPath(path), maxAliases)
+			}
+			return
+		}
 		d.decode(n.Alias, v, path, depth+1)
 		return
 	}
