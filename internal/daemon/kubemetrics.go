@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
@@ -16,8 +17,8 @@ type kubeRequests struct {
 func newKubeRequests(reg prometheus.Registerer) *kubeRequests {
 	k := &kubeRequests{total: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ebb_kube_requests_total",
-		Help: "Requests the daemon sent to Kubernetes API servers, by cluster and HTTP verb.",
-	}, []string{"cluster", "verb"})}
+		Help: "Requests the daemon sent to Kubernetes API servers, by cluster, HTTP verb and resource.",
+	}, []string{"cluster", "verb", "resource"})}
 	reg.MustRegister(k.total)
 	return k
 }
@@ -27,7 +28,7 @@ func (k *kubeRequests) instrument(cfg *rest.Config, cluster string) *rest.Config
 	cfg = rest.CopyConfig(cfg)
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripper(func(r *http.Request) (*http.Response, error) {
-			k.total.WithLabelValues(cluster, r.Method).Inc()
+			k.total.WithLabelValues(cluster, r.Method, resourceOf(r.URL.Path)).Inc()
 			return rt.RoundTrip(r)
 		})
 	})
@@ -37,3 +38,21 @@ func (k *kubeRequests) instrument(cfg *rest.Config, cluster string) *rest.Config
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// resourceOf returns the resource a Kubernetes API path names ("deployments", "leases"), or
+// "other" for discovery and health paths.
+func resourceOf(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case len(parts) >= 3 && parts[0] == "api":
+		parts = parts[2:] // api/v1/...
+	case len(parts) >= 4 && parts[0] == "apis":
+		parts = parts[3:] // apis/group/version/...
+	default:
+		return "other"
+	}
+	if len(parts) >= 3 && parts[0] == "namespaces" {
+		return parts[2]
+	}
+	return parts[0]
+}
