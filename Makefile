@@ -5,7 +5,7 @@ GO      ?= go
 TESTBIN ?= $(CURDIR)/.cache/testbin
 export EBB_TESTBIN := $(TESTBIN)
 
-.PHONY: all build test testbin cluster demo vet fmt
+.PHONY: all build test testbin prometheus cluster demo vet fmt
 
 all: build
 
@@ -18,8 +18,16 @@ build:
 testbin:
 	@bash tools/build.sh
 
-## test: every test, against the real local control plane and a real Git server
-test: testbin
+## prometheus: a real Prometheus server for the metrics check's tests: Debian's package, installed
+## with apt-get (as root) when `prometheus` is not on PATH; installing it starts nothing
+prometheus:
+	@if command -v prometheus >/dev/null || test -x /usr/bin/prometheus; then :; else \
+		echo "prometheus is not installed; installing Debian's package: apt-get update -qq && apt-get install -y -qq prometheus"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	fi
+
+## test: every test, against the real local control plane, a real Git server and a real Prometheus
+test: testbin prometheus
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 60m ./...
 

@@ -1,0 +1,290 @@
+// Package testprom runs a real Prometheus server (Debian's `prometheus` package, installed by
+// `make prometheus`) that scrapes exporters a test serves, so the metrics check is tested
+// against the real query API rather than a stand-in. Like the test cluster, the server runs in
+// its own process group with a parent-death signal, and Stop leaves nothing listening.
+package testprom
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Options say what the server scrapes.
+type Options struct {
+	// Targets are the host:port addresses of exporters to scrape at /metrics, as job "test".
+	Targets []string
+	// ScrapeInterval is how often each target is scraped; default 1s.
+	ScrapeInterval time.Duration
+	// Binary is the prometheus executable; default: "prometheus" on PATH, else
+	// /usr/bin/prometheus.
+	Binary string
+	// StartTimeout bounds the wait for /-/ready; default 30s.
+	StartTimeout time.Duration
+}
+
+// Server is a running Prometheus.
+type Server struct {
+	// URL is the server's base URL, e.g. http://127.0.0.1:41234.
+	URL string
+	// Dir holds the configuration, the TSDB and prometheus.log; Stop removes it.
+	Dir string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// errMissing is returned when the prometheus binary cannot be found.
+var errMissing = errors.New("prometheus is missing; run `make prometheus`")
+
+// debianBinary is where Debian's package puts the server, for a PATH without /usr/bin.
+var debianBinary = "/usr/bin/prometheus"
+
+// Binary returns the path of the prometheus executable.
+func Binary() (string, error) {
+	if path, err := exec.LookPath("prometheus"); err == nil {
+		return path, nil
+	}
+	if _, err := os.Stat(debianBinary); err == nil {
+		return debianBinary, nil
+	}
+	return "", errMissing
+}
+
+// Start runs Prometheus on a free loopback port and returns once it reports ready. On error,
+// whatever was started is stopped.
+func Start(ctx context.Context, opts Options) (_ *Server, err error) {
+	if opts.ScrapeInterval <= 0 {
+		opts.ScrapeInterval = time.Second
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+	if opts.Binary == "" {
+		if opts.Binary, err = Binary(); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := os.MkdirTemp("", "ebb-prometheus-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Dir: dir, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			_ = s.Stop()
+			err = fmt.Errorf("start prometheus: %w", err)
+		}
+	}()
+	config := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(config, configYAML(opts), 0o600); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s.URL = "http://127.0.0.1:" + strconv.Itoa(port)
+	if err := s.start(opts.Binary,
+		"--config.file="+config,
+		"--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address=127.0.0.1:"+strconv.Itoa(port),
+	); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
+	defer cancel()
+	return s, s.waitReady(ctx)
+}
+
+// StartT starts a server for one test and stops it when the test ends; a server that fails to
+// start fails the test.
+func StartT(t testing.TB, opts Options) *Server {
+	t.Helper()
+	s, err := Start(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("prometheus log:\n%s", s.LogTail(20))
+		}
+		if err := s.Stop(); err != nil {
+			t.Errorf("stop prometheus: %v", err)
+		}
+	})
+	return s
+}
+
+// configYAML is a configuration with one job, "test", scraping the targets. JSON is YAML, and
+// quoting each target through encoding/json keeps the file valid whatever the addresses are.
+func configYAML(opts Options) []byte {
+	targets, _ := json.Marshal(append([]string{}, opts.Targets...))
+	interval := opts.ScrapeInterval.String()
+	return []byte(fmt.Sprintf(`global:
+  scrape_interval: %s
+  evaluation_interval: %s
+scrape_configs:
+- job_name: test
+  static_configs:
+  - targets: %s
+`, interval, interval, targets))
+}
+
+// start runs the binary in its own process group, so that Stop also ends anything it started,
+// and with a parent-death signal, so that it dies with the test binary even when cleanup never
+// runs.
+func (s *Server) start(bin string, args ...string) error {
+	logFile, err := os.OpenFile(filepath.Join(s.Dir, "prometheus.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = s.Dir
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		close(s.done)
+		return fmt.Errorf("run %s: %w", bin, err)
+	}
+	s.cmd = cmd
+	go func() {
+		s.err = cmd.Wait()
+		logFile.Close()
+		close(s.done)
+	}()
+	return nil
+}
+
+// waitReady polls /-/ready until it answers 200, the process exits, or ctx ends.
+func (s *Server) waitReady(ctx context.Context) error {
+	client := &http.Client{Timeout: time.Second}
+	for {
+		resp, err := client.Get(s.URL + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-s.done:
+			return fmt.Errorf("prometheus exited (%v); last lines of its log:\n%s", s.err, s.LogTail(15))
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s/-/ready: %w; last lines of its log:\n%s", s.URL, ctx.Err(), s.LogTail(15))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WaitForSamples polls the instant query until it returns at least n samples: a test calls it
+// so that its checks start once the exporter's series have been scraped.
+func (s *Server) WaitForSamples(ctx context.Context, query string, n int) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	var last string
+	for {
+		got, err := s.count(ctx, client, query)
+		if err == nil && got >= n {
+			return nil
+		}
+		last = fmt.Sprintf("%d samples", got)
+		if err != nil {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %d samples of %q: %w (last: %s)", n, query, ctx.Err(), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// count returns how many samples an instant query returns.
+func (s *Server) count(ctx context.Context, client *http.Client, query string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/api/v1/query?"+url.Values{"query": {query}}.Encode(), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			Result []json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return 0, fmt.Errorf("read answer to %q: %w", query, err)
+	}
+	if body.Status != "success" {
+		return 0, fmt.Errorf("query %q: %s", query, body.Error)
+	}
+	return len(body.Data.Result), nil
+}
+
+// Stop kills the server's process group and removes its directory. It is safe to call more
+// than once.
+func (s *Server) Stop() error {
+	if s.cmd != nil {
+		pgid := s.cmd.Process.Pid
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			select {
+			case <-s.done:
+			case <-time.After(2 * time.Second):
+				return fmt.Errorf("prometheus (pid %d) did not exit after SIGKILL", pgid)
+			}
+		}
+		// Children that outlived the leader still carry its group id.
+		if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("kill process group of prometheus: %w", err)
+		}
+		s.cmd = nil // the group id may be reused once reaped
+	}
+	return os.RemoveAll(s.Dir)
+}
+
+// LogTail returns the last n lines of the server's log.
+func (s *Server) LogTail(n int) string {
+	data, err := os.ReadFile(filepath.Join(s.Dir, "prometheus.log"))
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// freePort asks the kernel for an unused loopback port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
