@@ -1,0 +1,61 @@
+{{/* The release's full name: the release name, with the chart name unless it already holds it. */}}
+{{- define "ebb.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "ebb.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "ebb.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels that select the daemon's pods. */}}
+{{- define "ebb.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The ServiceAccount the daemon runs as. */}}
+{{- define "ebb.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "ebb.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The kubeconfig Secrets the daemon config names, one per line. */}}
+{{- define "ebb.kubeconfigSecrets" -}}
+{{- range .Values.clusters }}
+{{- if .kubeconfigSecret }}
+{{ .kubeconfigSecret.name }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The rules a stage needs in the namespaces it deploys to, derived from the reconciler:
+server-side apply is a patch; drift checks get; prune lists by label and deletes; rollout
+verification gets the Deployment and watches Deployments by label; Events are recorded on
+Deployments and restored objects.
+*/}}
+{{- define "ebb.deployRules" -}}
+- apiGroups: [""]
+  resources: [configmaps, secrets, services, serviceaccounts]
+  verbs: [get, list, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- with .Values.rbac.extraRules }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
