@@ -143,6 +143,8 @@ type Stage struct {
 	// Phases split a rolling update: each phase but the last deploys the new release to the
 	// given number of replicas and is verified before the next. Rolling only.
 	Phases []Phase `json:"phases,omitempty"`
+	// BlueGreen tunes the blue-green model. Blue-green only.
+	BlueGreen *BlueGreen `json:"blueGreen,omitempty"`
 	// Verify says how a deployed release is checked.
 	Verify Verify `json:"verify"`
 	// Approval, when set, holds the stage until someone approves it.
@@ -158,6 +160,24 @@ func (s *Stage) SetDefaults() {
 	s.Model = ModelRolling
 	s.SelfHeal = true
 	s.Verify.SetDefaults()
+}
+
+// BlueGreen tunes a blue-green stage.
+type BlueGreen struct {
+	// RetireAfter is how long the old release ("blue") keeps running after traffic switched to
+	// the new one; until then a rollback is only a switch of the Service back. Default 30s.
+	RetireAfter Duration `json:"retireAfter"`
+}
+
+// SetDefaults sets RetireAfter to 30s.
+func (b *BlueGreen) SetDefaults() { b.RetireAfter = Duration{30 * time.Second} }
+
+// RetireAfter returns how long blue outlives the switch: BlueGreen.RetireAfter, or 30s.
+func (s *Stage) RetireAfter() time.Duration {
+	if s.BlueGreen != nil {
+		return s.BlueGreen.RetireAfter.Duration
+	}
+	return 30 * time.Second
 }
 
 // Phase is one step of a phased rolling update.
@@ -190,6 +210,9 @@ func (r *RolloutCheck) SetDefaults() { r.Timeout = Duration{5 * time.Minute} }
 
 // HealthCheck passes after Successes consecutive 2xx answers from URL, and fails after
 // Failures consecutive other answers or when Timeout passes.
+//
+// In a blue-green stage, "{service}" in URL is replaced by the Service being verified: the
+// preview Service while verifying green, the stage's Service after the switch.
 type HealthCheck struct {
 	URL       string   `json:"url"`
 	Interval  Duration `json:"interval"`

@@ -214,6 +214,9 @@ func (v *validator) stage(i int, opts Options, seen map[string]bool) {
 }
 
 func (v *validator) phases(i int, s *Stage) {
+	if s.BlueGreen != nil && s.Model != ModelBlueGreen {
+		v.errorf(fmt.Sprintf("spec.stages[%d].blueGreen", i), "blueGreen needs model %q, this stage is %q", ModelBlueGreen, s.Model)
+	}
 	if len(s.Phases) > 0 && s.Model != ModelRolling {
 		v.errorf(fmt.Sprintf("spec.stages[%d].phases", i), "phases need model %q, this stage is %q", ModelRolling, s.Model)
 	}
@@ -258,7 +261,8 @@ func (v *validator) verify(i int, s *Stage) {
 }
 
 func checkHTTPURL(s string) error {
-	u, err := url.Parse(s)
+	// "{service}" stands for a Service name, filled in at verification.
+	u, err := url.Parse(strings.ReplaceAll(s, "{service}", "service"))
 	if err != nil {
 		return fmt.Errorf("not a URL")
 	}

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -90,6 +91,25 @@ func (t *Cluster) Apply(ctx context.Context, pipeline, stage string, objs []*uns
 		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
 			return fmt.Errorf("apply %s to cluster %q: %w", describe(obj), t.Name, err)
 		}
+	}
+	return nil
+}
+
+// EnsureNamespace creates namespace ns unless it exists. It is left unlabelled, so it is
+// never pruned: deleting a namespace deletes everything in it.
+func (t *Cluster) EnsureNamespace(ctx context.Context, ns string) error {
+	if ns == "" {
+		return nil
+	}
+	_, err := t.Typed.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = t.Typed.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{FieldManager: FieldManager})
+		if apierrors.IsAlreadyExists(err) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("ensure namespace %s in cluster %q: %w", ns, t.Name, err)
 	}
 	return nil
 }

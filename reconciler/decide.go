@@ -28,10 +28,15 @@ func (c Commit) Reverts() string {
 
 // Desired is one stage's release at one commit, rendered by the planner.
 type Desired struct {
-	Stage   *planner.Stage
-	Hash    string
-	Images  []string
-	Objects []*unstructured.Unstructured
+	Stage *planner.Stage
+	Hash  string
+	// Namespace is the stage's namespace; created when the release has no Namespace object.
+	Namespace string
+	// Deployment and Service are the rendered names of the service's Deployment and Service
+	// (a namePrefix may have changed them): the objects a deployment model acts on.
+	Deployment, Service string
+	Images              []string
+	Objects             []*unstructured.Unstructured
 }
 
 // Target is what a pipeline should run according to one commit: each stage's release, in

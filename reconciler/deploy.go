@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"ebb.dev/ebb/planner"
 )
 
 // deploy runs a Deploy execution for its target: each stage in order, each through its
@@ -69,6 +71,9 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 	}
 	done := metav1.Now()
 	rec.FinishedAt = &done
+	if isExpired(err) {
+		return e.approvalExpired(ctx, target, d, rec, err)
+	}
 	release := ReleaseRecord{
 		Commit: t.Commit.SHA, ShortCommit: short(t.Commit.SHA), Hash: d.Hash, Images: d.Images,
 		Execution: e.x.Spec.DisplayName, At: &done,
@@ -100,6 +105,10 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 	trigger := fmt.Sprintf("stage %s, task %q failed at commit %s: %v", d.Stage.Name, task, short(t.Commit.SHA), unwrapTask(cause))
 
 	switch {
+	case isRejected(cause) && !changedCluster(rec):
+		if err := e.setPhase(ctx, Failed, trigger+"; nothing was applied to the cluster"); err != nil {
+			return err
+		}
 	case !d.Stage.Rollback:
 		if err := e.setPhase(ctx, Failed, trigger+"; rollback is off for this stage"); err != nil {
 			return err
@@ -131,4 +140,27 @@ func unwrapTask(err error) error {
 		return te.err
 	}
 	return err
+}
+
+// approvalExpired cancels the execution whose approval nobody gave in time, and removes what
+// the stage deployed before its gate (a green color, a first phase): it never took traffic
+// alone, and nobody approved it.
+func (e *run) approvalExpired(ctx context.Context, cluster *Cluster, d *Desired, rec *StageRecord, cause error) error {
+	rec.Status, rec.Message = Canceled, unwrapTask(cause).Error()
+	if cluster != nil && changedCluster(rec) {
+		var err error
+		switch {
+		case d.Stage.Model == planner.ModelBlueGreen:
+			var c *colors
+			if c, err = colorsOf(d); err == nil {
+				err = cluster.deleteDeployment(ctx, d.Namespace, c.green.GetName())
+			}
+		case len(d.Stage.Phases) > 0:
+			err = cluster.deletePhase1(ctx, d.Namespace, d.Deployment)
+		}
+		if err != nil {
+			e.log.Error("remove the unapproved release", "stage", d.Stage.Name, "err", err)
+		}
+	}
+	return e.setPhase(ctx, Canceled, fmt.Sprintf("stage %s: %v", d.Stage.Name, unwrapTask(cause)))
 }

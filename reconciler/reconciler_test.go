@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -61,7 +62,7 @@ func newFixture(t *testing.T, rollback bool) *fixture {
 
 	f := &fixture{
 		t: t, cs: cs, ns: "app-" + records.Name, records: records.Name, targets: map[string]*Target{},
-		stage: &planner.Stage{Name: "dev", Cluster: "dev", Model: planner.ModelRolling, Rollback: rollback, SelfHeal: true,
+		stage: &planner.Stage{Name: "dev", Cluster: "dev", Namespace: "app-" + records.Name, Model: planner.ModelRolling, Rollback: rollback, SelfHeal: true,
 			Verify: planner.Verify{Rollout: planner.RolloutCheck{Timeout: planner.Duration{Duration: 30 * time.Second}}}},
 	}
 	f.r = New(Options{
@@ -123,7 +124,10 @@ func (f *fixture) commit(sha, message, tag string) *Target {
 	t := &Target{
 		Pipeline: &planner.Pipeline{Metadata: planner.Metadata{Name: "web"}, Spec: planner.PipelineSpec{Service: "web", Input: planner.Input{Image: "registry.example/web"}}},
 		Commit:   Commit{SHA: sha, Message: message},
-		Stages:   []Desired{{Stage: f.stage, Hash: "hash-" + tag, Images: []string{"registry.example/web:" + tag}, Objects: objs}},
+		Stages: []Desired{{
+			Stage: f.stage, Hash: fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(tag))), Namespace: f.ns, Deployment: "web", Service: "web",
+			Images: []string{"registry.example/web:" + tag}, Objects: objs,
+		}},
 	}
 	f.targets[sha] = t
 	return t

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"ebb.dev/ebb/planner"
 )
 
 // rollback runs the rollback execution <pipeline>_<stage>_rollback#<n> for the parent run e:
@@ -85,7 +87,10 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	rec := e.stage(stageName)
 	now := metav1.Now()
 	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, good.Hash, good.Images, &now
-	err = e.rolling(ctx, cluster, pipeline, d.Stage, d.Objects, rec)
+	if err := e.save(ctx); err != nil {
+		return err
+	}
+	err = e.restoreModel(ctx, cluster, pipeline, d, rec)
 	if errors.Is(err, errParked) {
 		return err
 	}
@@ -134,4 +139,17 @@ func (e *run) resumeRollback(ctx context.Context, t *Target) error {
 		return e.setPhase(ctx, RollbackFailed, e.x.Status.Comment+"; no known-good release found on resume")
 	}
 	return e.rollback(ctx, t, stage, *good)
+}
+
+// restoreModel puts a stage back on its known-good release d, the way its model allows: a
+// blue-green stage switches back to blue; a rolling stage reapplies the release, after
+// removing a first phase of the failed one.
+func (e *run) restoreModel(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, rec *StageRecord) error {
+	if d.Stage.Model == planner.ModelBlueGreen {
+		return e.blueGreenRollback(ctx, cluster, pipeline, d, rec)
+	}
+	if err := cluster.deletePhase1(ctx, d.Namespace, d.Deployment); err != nil {
+		return &taskError{task: TaskUpdateDeployment, err: err}
+	}
+	return e.rolling(ctx, cluster, pipeline, d, rec)
 }

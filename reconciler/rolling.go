@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -12,41 +13,106 @@ import (
 )
 
 // runModel runs the tasks of the stage's deployment model.
-func (e *run) runModel(ctx context.Context, target *Cluster, t *Target, d *Desired, rec *StageRecord) error {
-	switch d.Stage.Model {
-	case planner.ModelRolling, "":
-		return e.rolling(ctx, target, t.Name(), d.Stage, d.Objects, rec)
+func (e *run) runModel(ctx context.Context, cluster *Cluster, t *Target, d *Desired, rec *StageRecord) error {
+	switch {
+	case d.Stage.Model == planner.ModelBlueGreen:
+		return e.blueGreen(ctx, cluster, t.Name(), d, rec)
+	case len(d.Stage.Phases) > 0:
+		return e.phased(ctx, cluster, t.Name(), d, rec)
 	default:
-		return &taskError{task: TaskCreateResources, err: fmt.Errorf("deployment model %q is not supported by this version of ebb", d.Stage.Model)}
+		if err := e.approvalGate(ctx, t.Name(), d, rec); err != nil {
+			return err
+		}
+		return e.rolling(ctx, cluster, t.Name(), d, rec)
 	}
 }
 
 // rolling runs the rolling model: Create namespace/secret/service, Update deployment, Verify
-// deployment. Rollbacks run the same tasks with the known-good release.
-func (e *run) rolling(ctx context.Context, target *Cluster, pipeline string, stage *planner.Stage, objs []*unstructured.Unstructured, rec *StageRecord) error {
-	resources, deployments := split(objs)
+// deployment. Rollbacks of rolling and phased stages run the same tasks with the known-good
+// release.
+func (e *run) rolling(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, rec *StageRecord) error {
+	resources, deployments := split(d.Objects)
 	if err := e.task(ctx, rec, TaskCreateResources, false, func(ctx context.Context) error {
-		return target.Apply(ctx, pipeline, stage.Name, resources)
+		return e.createResources(ctx, cluster, pipeline, d, resources)
 	}); err != nil {
 		return err
 	}
 	if err := e.task(ctx, rec, TaskUpdateDeployment, false, func(ctx context.Context) error {
-		return target.Apply(ctx, pipeline, stage.Name, deployments)
+		return cluster.Apply(ctx, pipeline, d.Stage.Name, deployments)
 	}); err != nil {
 		return err
 	}
 	err := e.task(ctx, rec, TaskVerifyDeployment, true, func(ctx context.Context) error {
-		if err := e.verify(ctx, target, pipeline, stage, deployments); err != nil {
+		if err := e.verify(ctx, cluster, pipeline, d.Stage, names(deployments), d.Service); err != nil {
 			return err
 		}
-		pruned, err := target.Prune(ctx, pipeline, stage.Name, objs, append(kindsOf(objs), pruneKinds...))
-		if len(pruned) > 0 {
-			e.log.Info("pruned objects no longer in the release", "stage", stage.Name, "objects", pruned)
-		}
-		return err
+		return e.prune(ctx, cluster, pipeline, d.Stage.Name, d.Objects)
 	})
-	e.deploymentEvents(ctx, target, deployments, err)
+	e.deploymentEvents(ctx, cluster, deployments, err)
 	return err
+}
+
+// createResources makes sure the stage's namespace exists and applies the objects the
+// Deployments need: namespace, secrets, service, config.
+func (e *run) createResources(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, resources []*unstructured.Unstructured) error {
+	if !hasNamespace(resources, d.Namespace) {
+		if err := cluster.EnsureNamespace(ctx, d.Namespace); err != nil {
+			return err
+		}
+	}
+	return cluster.Apply(ctx, pipeline, d.Stage.Name, resources)
+}
+
+// prune deletes what the stage owns in its cluster that keep no longer has.
+func (e *run) prune(ctx context.Context, cluster *Cluster, pipeline, stage string, keep []*unstructured.Unstructured) error {
+	pruned, err := cluster.Prune(ctx, pipeline, stage, keep, append(kindsOf(keep), pruneKinds...))
+	if len(pruned) > 0 {
+		e.log.Info("pruned objects no longer in the release", "stage", stage, "objects", pruned)
+	}
+	return err
+}
+
+// verify checks a deployed release: every named Deployment rolls out, then the stage's health
+// check passes (with "{service}" naming service), then its metric thresholds hold.
+func (e *run) verify(ctx context.Context, cluster *Cluster, pipeline string, stage *planner.Stage, deployments []string, service string) error {
+	start := time.Now()
+	defer func() {
+		e.r.metrics.verifyDuration.WithLabelValues(pipeline, stage.Name).Observe(time.Since(start).Seconds())
+	}()
+	if err := e.verifyRollout(ctx, cluster, stage, deployments); err != nil {
+		return err
+	}
+	if err := e.healthCheck(ctx, stage, service); err != nil {
+		return err
+	}
+	return e.metricsCheck(ctx, stage)
+}
+
+// verifyRollout waits for each Deployment (in the stage's namespace) to roll out.
+func (e *run) verifyRollout(ctx context.Context, cluster *Cluster, stage *planner.Stage, deployments []string) error {
+	timeout := stage.Verify.Rollout.Timeout.Duration
+	if timeout <= 0 {
+		timeout = 5 * time.Minute
+	}
+	for _, name := range deployments {
+		if err := cluster.WaitRollout(ctx, stage.Namespace, name, timeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// healthCheck runs the stage's health check, if any, against service.
+func (e *run) healthCheck(ctx context.Context, stage *planner.Stage, service string) error {
+	hc := stage.Verify.HealthCheck
+	if hc == nil {
+		return nil
+	}
+	check := HealthCheck{
+		URL:      strings.ReplaceAll(hc.URL, "{service}", service),
+		Interval: hc.Interval.Duration, Successes: hc.Successes, Failures: hc.Failures, Timeout: hc.Timeout.Duration,
+	}
+	return check.Run(ctx, e.r.opts.HTTPClient)
 }
 
 // deploymentEvents records on each Deployment of the release what this run did to it: a
@@ -70,27 +136,19 @@ func (e *run) deploymentEvents(ctx context.Context, target *Cluster, deployments
 	}
 }
 
-// verify waits for every Deployment of the release to roll out, then runs the stage's
-// health check.
-func (e *run) verify(ctx context.Context, target *Cluster, pipeline string, stage *planner.Stage, deployments []*unstructured.Unstructured) error {
-	start := time.Now()
-	defer func() {
-		e.r.metrics.verifyDuration.WithLabelValues(pipeline, stage.Name).Observe(time.Since(start).Seconds())
-	}()
-	timeout := stage.Verify.Rollout.Timeout.Duration
-	if timeout <= 0 {
-		timeout = 5 * time.Minute
+func names(objs []*unstructured.Unstructured) []string {
+	out := make([]string, len(objs))
+	for i, o := range objs {
+		out[i] = o.GetName()
 	}
-	for _, dep := range deployments {
-		if err := target.WaitRollout(ctx, dep.GetNamespace(), dep.GetName(), timeout); err != nil {
-			return err
+	return out
+}
+
+func hasNamespace(objs []*unstructured.Unstructured, ns string) bool {
+	for _, o := range objs {
+		if o.GetKind() == "Namespace" && o.GetName() == ns {
+			return true
 		}
 	}
-	if hc := stage.Verify.HealthCheck; hc != nil {
-		check := HealthCheck{URL: hc.URL, Interval: hc.Interval.Duration, Successes: hc.Successes, Failures: hc.Failures, Timeout: hc.Timeout.Duration}
-		if err := check.Run(ctx, e.r.opts.HTTPClient); err != nil {
-			return err
-		}
-	}
-	return nil
+	return false
 }

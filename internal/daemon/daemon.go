@@ -279,7 +279,10 @@ func (d *Daemon) target(repo *planner.Repo, p *planner.Pipeline, snap *gitsource
 		if err != nil {
 			return nil, err
 		}
-		t.Stages = append(t.Stages, reconciler.Desired{Stage: s, Hash: rel.Hash, Images: rel.Images, Objects: rel.Objects})
+		t.Stages = append(t.Stages, reconciler.Desired{
+			Stage: s, Hash: rel.Hash, Namespace: rel.Namespace, Deployment: rel.Deployment, Service: rel.Service,
+			Images: rel.Images, Objects: rel.Objects,
+		})
 	}
 	return t, nil
 }
