@@ -204,15 +204,15 @@ func parsePromResult(resultType string, raw json.RawMessage) ([]promSample, erro
 // promPointValue reads the value of a [timestamp, "value"] pair.
 func promPointValue(point []any) (float64, error) {
 	if len(point) != 2 {
-		return 0, fmt.Errorf("read promSample %v: want [time, value]", point)
+		return 0, fmt.Errorf("read sample %v: want [time, value]", point)
 	}
 	s, ok := point[1].(string)
 	if !ok {
-		return 0, fmt.Errorf("read promSample %v: value is not a string", point)
+		return 0, fmt.Errorf("read sample %v: value is not a string", point)
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil {
-		return 0, fmt.Errorf("read promSample value %q: %w", s, err)
+		return 0, fmt.Errorf("read sample value %q: %w", s, err)
 	}
 	return v, nil
 }
