@@ -217,21 +217,24 @@ func promPointValue(point []any) (float64, error) {
 	return v, nil
 }
 
-// promLabels writes a series' labels as PromQL shows them, prefixed " of ", or "" for none.
+// promLabels writes a series as PromQL shows it, prefixed " of ", or "" for none:
+// ` of http_errors{code="500", job="web"}`.
 func promLabels(metric map[string]string) string {
 	if len(metric) == 0 {
 		return ""
 	}
 	keys := make([]string, 0, len(metric))
 	for k := range metric {
-		keys = append(keys, k)
+		if k != "__name__" {
+			keys = append(keys, k)
+		}
 	}
 	sort.Strings(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
 		parts[i] = k + "=" + strconv.Quote(metric[k])
 	}
-	return " of {" + strings.Join(parts, ", ") + "}"
+	return " of " + metric["__name__"] + "{" + strings.Join(parts, ", ") + "}"
 }
 
 func promValue(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }

@@ -75,7 +75,7 @@ func TestMetricsCheck(t *testing.T) {
 		{name: "under min fails", query: `ebb_test_error_rate{case="idle"}`, min: bound(0.5),
 			want: []string{"value 0.2", `case="idle"`, "< min 0.5", `(query: ebb_test_error_rate{case="idle"})`}},
 		{name: "every sample of a vector is checked", query: `ebb_test_error_rate{case=~"multi-.*"}`, max: bound(0.05),
-			want: []string{"value 0.9", `case="multi-b"`, "> max 0.05"}},
+			want: []string{`value 0.9 of ebb_test_error_rate{case="multi-b", instance="`, "> max 0.05"}},
 		{name: "a scalar is checked", query: `scalar(ebb_test_error_rate{case="errors"})`, max: bound(0.1),
 			want: []string{"value 0.31 > max 0.1"}},
 		// The query names the series only after a second, returning no samples until then:
@@ -157,7 +157,7 @@ func TestParsePromResult(t *testing.T) {
 	}{
 		{name: "scalar", resultType: "scalar", result: `[1700000000.1, "0.5"]`, want: []promSample{{value: 0.5}}},
 		{name: "vector", resultType: "vector", result: `[{"metric": {"job": "web", "code": "500"}, "value": [1700000000, "+Inf"]}]`,
-			want: []promSample{{value: math.Inf(1), labels: ` of {code="500", job="web"}`}}},
+			want: []promSample{{value: math.Inf(1), labels: ` of http_errors{code="500", job="web"}`}}},
 		{name: "empty vector", resultType: "vector", result: `[]`, want: []promSample{}},
 		{name: "matrix", resultType: "matrix", result: `[]`, wantErr: "query returned a matrix; want an instant vector or a scalar"},
 		{name: "bad value", resultType: "scalar", result: `[1700000000, "many"]`, wantErr: `read sample value "many"`},
