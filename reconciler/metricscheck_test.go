@@ -156,8 +156,10 @@ func TestParsePromResult(t *testing.T) {
 		wantErr                  string
 	}{
 		{name: "scalar", resultType: "scalar", result: `[1700000000.1, "0.5"]`, want: []promSample{{value: 0.5}}},
-		{name: "vector", resultType: "vector", result: `[{"metric": {"job": "web", "code": "500"}, "value": [1700000000, "+Inf"]}]`,
+		{name: "vector", resultType: "vector", result: `[{"metric": {"__name__": "http_errors", "job": "web", "code": "500"}, "value": [1700000000, "+Inf"]}]`,
 			want: []promSample{{value: math.Inf(1), labels: ` of http_errors{code="500", job="web"}`}}},
+		{name: "vector without a name", resultType: "vector", result: `[{"metric": {"job": "web"}, "value": [1700000000, "1"]}]`,
+			want: []promSample{{value: 1, labels: ` of {job="web"}`}}},
 		{name: "empty vector", resultType: "vector", result: `[]`, want: []promSample{}},
 		{name: "matrix", resultType: "matrix", result: `[]`, wantErr: "query returned a matrix; want an instant vector or a scalar"},
 		{name: "bad value", resultType: "scalar", result: `[1700000000, "many"]`, wantErr: `read sample value "many"`},
