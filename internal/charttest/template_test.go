@@ -151,7 +151,7 @@ func TestTemplate(t *testing.T) {
 		{
 			name: "namespaced RBAC",
 			values: []string{"git.url=" + url, "rbac.scope=namespaces", "rbac.namespaces={team-a,team-b}",
-				`rbac.extraRules[0].apiGroups={networking.k8s.io}`, "rbac.extraRules[0].resources={ingresses}", "rbac.extraRules[0].verbs={get,list,patch,delete}"},
+				`rbac.extraRules[0].apiGroups={networking.k8s.io}`, "rbac.extraRules[0].resources={ingresses}", "rbac.extraRules[0].verbs={get,list,create,patch,delete}"},
 			check: func(t *testing.T, r rendered) {
 				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-deploy", "team-b/ebb-deploy"}, r.names("Role"))
 				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-deploy", "team-b/ebb-deploy"}, r.names("RoleBinding"))

@@ -41,17 +41,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The rules a stage needs in the namespaces it deploys to, derived from the reconciler:
-server-side apply is a patch; drift checks get; prune lists by label and deletes; rollout
-verification gets the Deployment and watches Deployments by label; Events are recorded on
-Deployments and restored objects.
+server-side apply is a patch, and a create when the object does not exist yet; drift checks
+get; prune lists by label and deletes; rollout verification gets the Deployment and watches
+Deployments by label; Events are recorded on Deployments and restored objects.
 */}}
 {{- define "ebb.deployRules" -}}
 - apiGroups: [""]
   resources: [configmaps, secrets, services, serviceaccounts]
-  verbs: [get, list, patch, delete]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
