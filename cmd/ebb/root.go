@@ -80,6 +80,8 @@ func newRootCommand() *cobra.Command {
 		newValidateCommand(),
 		newPlanCommand(),
 		newNewCommand(),
+		newApproveCommand(),
+		newRejectCommand(),
 	)
 	return root
 }
