@@ -99,10 +99,12 @@ func (e *run) awaitApproval(ctx context.Context, pipeline string, stage *planner
 	}
 }
 
-// metricsCheck runs the stage's metric thresholds, if any.
+// metricsCheck runs the stage's metric thresholds, if any. A rollback skips them: right after
+// it, the metrics still describe the failed release (rates look back over minutes), and the
+// restored release passed them when it was verified.
 func (e *run) metricsCheck(ctx context.Context, stage *planner.Stage) error {
 	m := stage.Verify.Metrics
-	if m == nil {
+	if m == nil || e.x.Spec.Kind == KindRollback {
 		return nil
 	}
 	check := MetricsCheck{Prometheus: m.Prometheus, Query: m.Query, Max: m.Max, Min: m.Min, Interval: m.Interval.Duration, For: m.For.Duration}

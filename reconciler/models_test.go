@@ -2,20 +2,27 @@ package reconciler
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"ebb.dev/ebb/internal/testprom"
 	"ebb.dev/ebb/planner"
 )
 
@@ -286,4 +293,121 @@ func TestApprovals(t *testing.T) {
 		assert.Contains(t, x.Status.Comment, "the approval expired")
 		assert.Equal(t, map[string]string{"web": "registry.example/web:1.0"}, f.deployments(), "the unapproved phase 1 is removed")
 	})
+}
+
+// imageErrorRateExporter serves ebb_test_http_error_rate: 0.4 while any pod of the fixture's
+// namespace runs an image containing "leaky", else 0.01. Prometheus scrapes it like an
+// application's own metrics.
+func imageErrorRateExporter(t *testing.T, f *fixture) string {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ebb_test_http_error_rate", Help: "Errors per request of the deployed app."},
+		func() float64 {
+			pods, err := f.cs.CoreV1().Pods(f.ns).List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				return math.NaN()
+			}
+			for _, p := range pods.Items {
+				if strings.Contains(p.Spec.Containers[0].Image, "leaky") && p.DeletionTimestamp == nil {
+					return 0.4
+				}
+			}
+			return 0.01
+		}))
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestMetricOverThresholdRollsBack: a real Prometheus scrapes an exporter whose error rate
+// depends on the deployed image; the new release's rate is over max, so the stage rolls back
+// and both records give the value and the query.
+func TestMetricOverThresholdRollsBack(t *testing.T) {
+	f := newFixture(t, true)
+	prom := testprom.StartT(t, testprom.Options{Targets: []string{imageErrorRateExporter(t, f)}, ScrapeInterval: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, prom.WaitForSamples(ctx, "ebb_test_http_error_rate", 1), prom.LogTail(20))
+	query := `max(ebb_test_http_error_rate)`
+	f.stage.Verify.Metrics = &planner.MetricsCheck{Prometheus: prom.URL, Query: query, Max: bound(0.05),
+		Interval: planner.Duration{Duration: 250 * time.Millisecond}, For: planner.Duration{Duration: 2 * time.Second}}
+
+	f.sync(f.commit("c1", "release 1.0", "1.0"))
+	f.waitFor("web#1", Completed)
+
+	f.sync(f.commit("c2", "release 2.0", "2.0-leaky"))
+	x := f.waitFor("web#2", RollbackCompleted)
+	rb := f.waitFor("web_dev_rollback#1", Completed)
+	for _, comment := range []string{x.Status.Comment, rb.Status.Comment} {
+		assert.Contains(t, comment, "metrics: ")
+		assert.Contains(t, comment, "0.4")
+		assert.Contains(t, comment, query)
+	}
+	assert.Equal(t, "registry.example/web:1.0", f.image())
+}
+
+// BenchmarkBlueGreenSwitchBack measures, after the switch, the time from the failing health
+// check (the moment the health server answers the failing request) to the Service's selector
+// being back on blue.
+func BenchmarkBlueGreenSwitchBack(b *testing.B) {
+	f := newFixture(b, true)
+	var mu sync.Mutex
+	var failedAt time.Time
+	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		svc, err := f.cs.CoreV1().Services(f.ns).Get(r.Context(), "web", metav1.GetOptions{})
+		if err == nil && f.badHash != "" && svc.Spec.Selector[LabelRelease] == releaseID(f.badHash) {
+			mu.Lock()
+			failedAt = time.Now()
+			mu.Unlock()
+			http.Error(w, "unhealthy", http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	defer health.Close()
+	f.stage.Model = planner.ModelBlueGreen
+	// Blue is the previous release's color: it is retired only after the next switch, so a
+	// short delay keeps each good release quick.
+	f.stage.BlueGreen = &planner.BlueGreen{RetireAfter: planner.Duration{Duration: 100 * time.Millisecond}}
+	f.stage.Verify.HealthCheck = &planner.HealthCheck{URL: health.URL, Interval: planner.Duration{Duration: 50 * time.Millisecond},
+		Successes: 1, Failures: 1, Timeout: planner.Duration{Duration: 10 * time.Second}}
+
+	var samples []time.Duration
+	for i := 0; i < b.N; i++ {
+		good := f.commit(fmt.Sprintf("g%d", i), "good", fmt.Sprintf("1.%d", i))
+		f.sync(good)
+		f.waitFor(fmt.Sprintf("web#%d", 2*i+1), Completed)
+		blue := releaseID(good.Stages[0].Hash)
+
+		w, err := f.cs.CoreV1().Services(f.ns).Watch(context.Background(), metav1.ListOptions{FieldSelector: "metadata.name=web"})
+		require.NoError(b, err)
+		bad := f.commit(fmt.Sprintf("b%d", i), "bad", fmt.Sprintf("2.%d", i))
+		f.badHash = bad.Stages[0].Hash
+		f.sync(bad)
+		switched := false
+		var backAt time.Time
+		for ev := range w.ResultChan() {
+			svc, ok := ev.Object.(*corev1.Service)
+			if !ok {
+				continue
+			}
+			release := svc.Spec.Selector[LabelRelease]
+			if release == releaseID(f.badHash) {
+				switched = true
+			}
+			if switched && release == blue {
+				backAt = time.Now()
+				break
+			}
+		}
+		w.Stop()
+		mu.Lock()
+		samples = append(samples, backAt.Sub(failedAt))
+		mu.Unlock()
+		f.waitFor(fmt.Sprintf("web#%d", 2*i+2), RollbackCompleted)
+		f.settle()
+	}
+	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+	b.ReportMetric(float64(samples[len(samples)/2].Microseconds())/1000, "failed-check-to-blue-p50-ms")
+	b.ReportMetric(float64(samples[len(samples)-1].Microseconds())/1000, "failed-check-to-blue-max-ms")
 }

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 // fixture is one reconciler over the test cluster, with targets rendered by hand: commit SHA
 // -> target, standing in for the planner.
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	r       *Reconciler
 	cs      kubernetes.Interface
 	ns      string // the stage's namespace
@@ -43,9 +43,11 @@ type fixture struct {
 	targets map[string]*Target
 	stage   *planner.Stage
 	runCtx  context.Context
+	// badHash is the hash of the release a benchmark expects to fail.
+	badHash string
 }
 
-func newFixture(t *testing.T, rollback bool) *fixture {
+func newFixture(t testing.TB, rollback bool) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dyn := dynamic.NewForConfigOrDie(cluster.Config)
@@ -83,7 +85,7 @@ func newFixture(t *testing.T, rollback bool) *fixture {
 	return f
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
