@@ -228,6 +228,9 @@ func TestApproveCommand(t *testing.T) {
 			if tt.wantOut != "" {
 				assert.Equal(t, strings.ReplaceAll(tt.wantOut, "%s", display), stdout)
 			}
+			if stderr != "" {
+				t.Log(stderr)
+			}
 			for _, w := range tt.wantErr {
 				assert.Contains(t, stderr, strings.ReplaceAll(w, "%s", display))
 			}
