@@ -156,7 +156,7 @@ func deniedError(execution, stage, caller string, approved bool, err error) erro
 	}
 	var status apierrors.APIStatus
 	if (apierrors.IsForbidden(err) || apierrors.IsInvalid(err)) && errors.As(err, &status) {
-		return fmt.Errorf("the API server denied %s to %s %s stage %s: %s", caller, verb, execution, stage, status.Status().Message)
+		return fmt.Errorf("the API server refused to let %s %s %s stage %s: %s", caller, verb, execution, stage, status.Status().Message)
 	}
 	return fmt.Errorf("%s %s stage %s as %s: %w", verb, execution, stage, caller, err)
 }
