@@ -69,6 +69,8 @@ func TestParseFileMalformed(t *testing.T) {
 			`model.yaml:18:5: phases need model "rolling", this stage is "blue-green"`,
 			`model.yaml:18:17: a phase needs at least 1 replica, got 0`,
 			`model.yaml:19:15: missing required field "approvers" in spec.stages[1].approval`,
+			`model.yaml:23:13: one phase is supported, e.g. phases: [{replicas: 1}]; got 2`,
+			`model.yaml:24:16: blueGreen needs model "blue-green", this stage is "rolling"`,
 		}},
 		{"no-stages.yaml", []string{
 			`no-stages.yaml:6:3: missing required field "stages" in spec: a pipeline needs at least one stage`,

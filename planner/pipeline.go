@@ -140,8 +140,9 @@ type Stage struct {
 	Manifests string `json:"manifests,omitempty"`
 	// Model is rolling (default) or blue-green.
 	Model Model `json:"model"`
-	// Phases split a rolling update: each phase but the last deploys the new release to the
-	// given number of replicas and is verified before the next. Rolling only.
+	// Phases split a rolling update: the one phase runs the new release on its number of
+	// replicas beside the old pods, and is verified before the whole Deployment follows.
+	// Rolling only.
 	Phases []Phase `json:"phases,omitempty"`
 	// BlueGreen tunes the blue-green model. Blue-green only.
 	BlueGreen *BlueGreen `json:"blueGreen,omitempty"`

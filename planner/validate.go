@@ -217,6 +217,9 @@ func (v *validator) phases(i int, s *Stage) {
 	if s.BlueGreen != nil && s.Model != ModelBlueGreen {
 		v.errorf(fmt.Sprintf("spec.stages[%d].blueGreen", i), "blueGreen needs model %q, this stage is %q", ModelBlueGreen, s.Model)
 	}
+	if len(s.Phases) > 1 {
+		v.errorf(fmt.Sprintf("spec.stages[%d].phases", i), "one phase is supported, e.g. phases: [{replicas: 1}]; got %d", len(s.Phases))
+	}
 	if len(s.Phases) > 0 && s.Model != ModelRolling {
 		v.errorf(fmt.Sprintf("spec.stages[%d].phases", i), "phases need model %q, this stage is %q", ModelRolling, s.Model)
 	}
