@@ -36,7 +36,7 @@ func TestInstallAndRollbackWithChartRBAC(t *testing.T) {
 	_, err = in.admin.CoreV1().Services("ebb-system").Get(ctx, "ebb", metav1.GetOptions{})
 	assert.NoError(t, err)
 	crds := dynamic.NewForConfigOrDie(dev.Config).Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
-	for _, name := range []string{"executions.ebb.dev", "stageledgers.ebb.dev"} {
+	for _, name := range []string{"executions.ebb.dev", "stageledgers.ebb.dev", "approvals.ebb.dev"} {
 		_, err := crds.Get(ctx, name, metav1.GetOptions{})
 		assert.NoError(t, err, name)
 	}
