@@ -32,8 +32,9 @@ type Cluster struct {
 	Dynamic dynamic.Interface
 	mapper  *restmapper.DeferredDiscoveryRESTMapper
 
-	watchOnce sync.Once
-	watch     *deploymentWatch
+	watchMu   sync.Mutex
+	watches   map[string]*deploymentWatch // by namespace
+	watchStop chan struct{}               // nil once closed
 }
 
 // NewCluster connects to a cluster. It does not contact the cluster yet: an unreachable
@@ -57,7 +58,8 @@ func NewCluster(name string, cfg *rest.Config) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster %q: %w", name, err)
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
-	return &Cluster{Name: name, Typed: typed, Dynamic: dyn, mapper: mapper}, nil
+	return &Cluster{Name: name, Typed: typed, Dynamic: dyn, mapper: mapper,
+		watches: map[string]*deploymentWatch{}, watchStop: make(chan struct{})}, nil
 }
 
 // resource finds the API resource of obj's kind, refreshing discovery once for kinds that
@@ -70,7 +72,7 @@ func (t *Cluster) resource(obj *unstructured.Unstructured) (dynamic.ResourceInte
 		mapping, err = t.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("find resource of %s: %w", describe(obj), err)
+		return nil, fmt.Errorf("find resource of %s in cluster %q: %w", describe(obj), t.Name, err)
 	}
 	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
 		return t.Dynamic.Resource(mapping.Resource).Namespace(obj.GetNamespace()), nil
@@ -115,11 +117,20 @@ func (t *Cluster) EnsureNamespace(ctx context.Context, ns string) error {
 }
 
 // Prune deletes the objects of kinds that carry the stage's labels but are not in keep, and
-// returns what it deleted. Namespaces are never pruned: deleting one takes everything in it.
-func (t *Cluster) Prune(ctx context.Context, pipeline, stage string, keep []*unstructured.Unstructured, kinds []schema.GroupVersionKind) ([]string, error) {
+// returns what it deleted. Namespaced kinds are looked for in namespaces only (and in keep's
+// namespaces), so namespace-scoped rights suffice. Namespaces are never pruned: deleting one
+// takes everything in it.
+func (t *Cluster) Prune(ctx context.Context, pipeline, stage string, namespaces []string, keep []*unstructured.Unstructured, kinds []schema.GroupVersionKind) ([]string, error) {
 	kept := map[string]bool{}
+	nsSet := map[string]bool{}
+	for _, ns := range namespaces {
+		nsSet[ns] = true
+	}
 	for _, o := range keep {
 		kept[identity(o)] = true
+		if o.GetNamespace() != "" {
+			nsSet[o.GetNamespace()] = true
+		}
 	}
 	selector := labels.Set{LabelPipeline: labelValue(pipeline), LabelStage: labelValue(stage)}.String()
 	var deleted []string
@@ -131,29 +142,43 @@ func (t *Cluster) Prune(ctx context.Context, pipeline, stage string, keep []*uns
 		if err != nil {
 			continue // the kind is gone from the cluster, and with it its objects
 		}
-		list, err := t.Dynamic.Resource(mapping.Resource).List(ctx, metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return deleted, fmt.Errorf("list %s in cluster %q: %w", gvk.Kind, t.Name, err)
+		lists := []dynamic.ResourceInterface{t.Dynamic.Resource(mapping.Resource)}
+		if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+			lists = lists[:0]
+			for _, ns := range sortedKeys(nsSet) {
+				lists = append(lists, t.Dynamic.Resource(mapping.Resource).Namespace(ns))
+			}
 		}
-		for i := range list.Items {
-			obj := &list.Items[i]
-			obj.SetGroupVersionKind(gvk)
-			if kept[identity(obj)] {
-				continue
-			}
-			ri, err := t.resource(obj)
+		for _, ri := range lists {
+			list, err := ri.List(ctx, metav1.ListOptions{LabelSelector: selector})
 			if err != nil {
-				return deleted, err
+				return deleted, fmt.Errorf("list %s in cluster %q: %w", gvk.Kind, t.Name, err)
 			}
-			policy := metav1.DeletePropagationBackground
-			err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy})
-			if err != nil && !apierrors.IsNotFound(err) {
-				return deleted, fmt.Errorf("prune %s from cluster %q: %w", describe(obj), t.Name, err)
+			for i := range list.Items {
+				obj := &list.Items[i]
+				obj.SetGroupVersionKind(gvk)
+				if kept[identity(obj)] {
+					continue
+				}
+				policy := metav1.DeletePropagationBackground
+				err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy})
+				if err != nil && !apierrors.IsNotFound(err) {
+					return deleted, fmt.Errorf("prune %s from cluster %q: %w", describe(obj), t.Name, err)
+				}
+				deleted = append(deleted, describe(obj))
 			}
-			deleted = append(deleted, describe(obj))
 		}
 	}
 	return deleted, nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // pruneKinds are looked through for objects a stage no longer has, besides the kinds of the

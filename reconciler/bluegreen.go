@@ -108,7 +108,11 @@ func (e *run) blueGreen(ctx context.Context, cluster *Cluster, pipeline string, 
 		return err
 	}
 	if err := e.task(ctx, rec, TaskVerifyGreen, true, func(ctx context.Context) error {
-		return e.verify(ctx, cluster, pipeline, stage, append([]string{c.green.GetName()}, names(c.others)...), c.preview.GetName())
+		// Metric thresholds judge live traffic: they run after the switch, in Verify traffic.
+		if err := e.verifyRollout(ctx, cluster, stage, append([]string{c.green.GetName()}, names(c.others)...)); err != nil {
+			return err
+		}
+		return e.healthCheck(ctx, stage, c.preview.GetName())
 	}); err != nil {
 		return err
 	}
@@ -140,7 +144,7 @@ func (e *run) blueGreen(ctx context.Context, cluster *Cluster, pipeline string, 
 		if err := cluster.retireColors(ctx, stage.Namespace, c.renderAs, c.release); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, stage.Name, c.objects())
+		return e.prune(ctx, cluster, pipeline, stage, c.objects())
 	})
 	e.deploymentEvents(ctx, cluster, []*unstructured.Unstructured{c.green}, err)
 	return err
@@ -182,7 +186,7 @@ func (e *run) blueGreenRollback(ctx context.Context, cluster *Cluster, pipeline 
 		if err := cluster.retireColors(ctx, good.Stage.Namespace, blue.renderAs, blue.release); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, good.Stage.Name, blue.objects())
+		return e.prune(ctx, cluster, pipeline, good.Stage, blue.objects())
 	})
 	e.deploymentEvents(ctx, cluster, []*unstructured.Unstructured{blue.green}, err)
 	return err

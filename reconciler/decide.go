@@ -83,7 +83,7 @@ func decide(t *Target, ledgers map[string]*StageLedgerStatus) decision {
 		}
 		if f := l.failed(d.Hash); f != nil {
 			return decision{reason: fmt.Sprintf("stage %s: release %s of commit %s is quarantined: it failed in %s (%s)",
-				d.Stage.Name, short(d.Hash), short(f.Commit), f.Execution, f.Reason)}
+				d.Stage.Name, releaseID(d.Hash), short(f.Commit), f.Execution, f.Reason)}
 		}
 		return decision{deploy: true, redeployOf: l.verified(d.Hash),
 			reason: fmt.Sprintf("stage %s: release changed", d.Stage.Name)}

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"ebb.dev/ebb/planner"
 )
@@ -83,4 +84,16 @@ func TestCovers(t *testing.T) {
 	assert.False(t, covers(live, map[string]any{"spec": map[string]any{"replicas": int64(2)}}))
 	assert.False(t, covers(live, map[string]any{"spec": map[string]any{"template": map[string]any{"image": "a:2"}}}))
 	assert.False(t, covers(live, map[string]any{"spec": map[string]any{"missing": "x"}}))
+}
+
+func TestComparableSecretStringData(t *testing.T) {
+	want := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "s"},
+		"stringData": map[string]any{"token": "abc"},
+	}}
+	live := map[string]any{"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "s", "uid": "1"},
+		"data": map[string]any{"token": "YWJj"}, "type": "Opaque"}
+	assert.True(t, covers(live, comparable(want)))
+	live["data"] = map[string]any{"token": "ZWxzZQ=="}
+	assert.False(t, covers(live, comparable(want)))
 }

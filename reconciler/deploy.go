@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"ebb.dev/ebb/planner"
@@ -51,7 +52,7 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 	if cur := ledger.Status.Current; cur != nil && cur.Hash == d.Hash && cur.RestoredBy == "" && cur.Commit != "" {
 		now := metav1.Now()
 		rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt, rec.FinishedAt = Completed, d.Hash, d.Images, &now, &now
-		rec.Message = "unchanged: already runs release " + short(d.Hash) + " of commit " + short(cur.Commit)
+		rec.Message = "unchanged: already runs release " + releaseID(d.Hash) + " of commit " + short(cur.Commit)
 		return e.save(ctx)
 	}
 	now := metav1.Now()
@@ -103,6 +104,13 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 	release.Reason = fmt.Sprintf("task %q: %v", task, unwrapTask(cause))
 	good := ledger.Status.LastKnownGood
 	trigger := fmt.Sprintf("stage %s, task %q failed at commit %s: %v", d.Stage.Name, task, short(t.Commit.SHA), unwrapTask(cause))
+	// Only a release found bad is quarantined. A failure of the cluster (unreachable,
+	// forbidden, overloaded) says nothing of the release: the commit is tried again later.
+	quarantine := releaseFault(cause)
+	if !quarantine {
+		e.x.Status.Retryable = true
+		trigger += " (a failure of the cluster, not of the release: the commit is tried again later)"
+	}
 
 	switch {
 	case isRejected(cause) && !changedCluster(rec):
@@ -124,14 +132,30 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 			return err
 		}
 	}
-	ledger.Status.recordFailed(release)
-	if err := e.r.store.SaveLedger(ctx, ledger); err != nil {
-		return err
+	if quarantine {
+		ledger.Status.recordFailed(release)
+		if err := e.r.store.SaveLedger(ctx, ledger); err != nil {
+			return err
+		}
 	}
 	if e.x.Status.Phase == RollingBack {
 		return e.rollback(ctx, t, d.Stage.Name, *good)
 	}
 	return nil
+}
+
+// releaseFault reports whether a failure is the release's: a verification failed, a person
+// rejected it, or the API server refused its objects as invalid. Anything else (a cluster that
+// cannot be reached, forbids, or is overloaded) is the cluster's.
+func releaseFault(err error) bool {
+	var v *VerificationError
+	switch {
+	case errors.As(err, &v), isRejected(err):
+		return true
+	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err), apierrors.IsRequestEntityTooLargeError(err):
+		return true
+	}
+	return false
 }
 
 func unwrapTask(err error) error {

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"reflect"
 
@@ -96,7 +97,7 @@ func (c *Cluster) drifted(ctx context.Context, pipeline, stage string, objs []*u
 // of the metadata only labels and annotations (the server owns the rest).
 func comparable(want *unstructured.Unstructured) map[string]any {
 	out := map[string]any{}
-	for k, v := range want.Object {
+	for k, v := range asStored(want).Object {
 		switch k {
 		case "status":
 		case "metadata":
@@ -113,6 +114,29 @@ func comparable(want *unstructured.Unstructured) map[string]any {
 		}
 	}
 	return out
+}
+
+// asStored returns want as the API server stores it, where that differs from how it is
+// written: a Secret's stringData is stored base64-encoded in data.
+func asStored(want *unstructured.Unstructured) *unstructured.Unstructured {
+	if want.GetKind() != "Secret" || want.GetAPIVersion() != "v1" {
+		return want
+	}
+	stringData, ok, _ := unstructured.NestedStringMap(want.Object, "stringData")
+	if !ok {
+		return want
+	}
+	stored := want.DeepCopy()
+	data, _, _ := unstructured.NestedMap(stored.Object, "data")
+	if data == nil {
+		data = map[string]any{}
+	}
+	for k, v := range stringData {
+		data[k] = base64.StdEncoding.EncodeToString([]byte(v))
+	}
+	delete(stored.Object, "stringData")
+	_ = unstructured.SetNestedMap(stored.Object, data, "data")
+	return stored
 }
 
 func toAnyMap(m map[string]string) map[string]any {

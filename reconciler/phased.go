@@ -62,7 +62,7 @@ func (e *run) phased(ctx context.Context, cluster *Cluster, pipeline string, d *
 		if err := e.verify(ctx, cluster, pipeline, d.Stage, names(deployments), d.Service); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, d.Stage.Name, d.Objects)
+		return e.prune(ctx, cluster, pipeline, d.Stage, d.Objects)
 	})
 	e.deploymentEvents(ctx, cluster, deployments, err)
 	return err

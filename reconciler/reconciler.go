@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,9 @@ type Options struct {
 	Metrics *Metrics
 	// HTTPClient runs health checks; default a client with a 10s timeout.
 	HTTPClient *http.Client
+	// RetryBackoff is the first wait before a commit whose execution failed because of the
+	// cluster runs again; it doubles with each attempt, up to an hour. Default 30s.
+	RetryBackoff time.Duration
 }
 
 // Reconciler runs executions: one at a time per pipeline, different pipelines concurrently.
@@ -60,6 +64,9 @@ func New(opts Options) *Reconciler {
 	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if opts.RetryBackoff <= 0 {
+		opts.RetryBackoff = 30 * time.Second
 	}
 	return &Reconciler{
 		opts:    opts,
@@ -353,15 +360,16 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			}
 			return r.checkDrift(ctx, t)
 		}
-		// One commit never runs twice, also across restarts.
+		// One commit never runs twice, also across restarts, unless its execution failed
+		// because of the cluster: then it is tried again after a back-off.
 		if x == nil {
-			existing, err := r.executionFor(ctx, t)
-			if err != nil {
+			retry, err := r.retryOf(ctx, t)
+			if err != nil || retry == nil {
 				return err
 			}
-			if existing != nil {
-				log.Debug("commit already has an execution", "execution", existing.Spec.DisplayName)
-				return nil
+			if retry.Name != "" {
+				d.reason = "retry of " + retry.Spec.DisplayName + ", which failed because of the cluster"
+				log.Info("retrying a commit whose execution failed because of the cluster", "previous", retry.Spec.DisplayName)
 			}
 			x = &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
 			x.Status.Phase = Running
@@ -372,6 +380,9 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			x = created
 		}
 		x.Status.Comment = ""
+		if strings.HasPrefix(d.reason, "retry of ") {
+			x.Status.Comment = d.reason
+		}
 	}
 	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName)}
 	if err := rr.deploy(ctx, t, d); err != nil {
@@ -383,6 +394,42 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 	}
 	return nil
+}
+
+// retryMax bounds the back-off between executions of a commit that failed because of the
+// cluster.
+const retryMax = time.Hour
+
+// retryOf decides whether t's commit may run: it returns an empty Execution when the commit
+// has none yet, the previous execution when it failed because of the cluster and its
+// back-off has passed, and nil when the commit must not run again.
+func (r *Reconciler) retryOf(ctx context.Context, t *Target) (*Execution, error) {
+	all, err := r.store.ListExecutions(ctx, t.Name())
+	if err != nil {
+		return nil, err
+	}
+	var last *Execution
+	attempts := 0
+	for i := range all {
+		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && all[i].Status.Phase != Canceled {
+			last = &all[i]
+			attempts++
+		}
+	}
+	switch {
+	case last == nil:
+		return &Execution{}, nil
+	case !last.Status.Retryable || !last.Status.Phase.Terminal() || last.Status.FinishedAt == nil:
+		return nil, nil
+	}
+	wait := r.opts.RetryBackoff << min(attempts-1, 7)
+	if wait > retryMax {
+		wait = retryMax
+	}
+	if time.Since(last.Status.FinishedAt.Time) < wait {
+		return nil, nil
+	}
+	return last, nil
 }
 
 // executionFor returns the Deploy execution already recorded for t's commit, if any.

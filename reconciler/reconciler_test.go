@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,4 +310,48 @@ func TestNewestQueuedCommitWins(t *testing.T) {
 	assert.Equal(t, "registry.example/web:1.2", f.image())
 	f.settle()
 	assert.Len(t, f.executions(), 3)
+}
+
+// TestClusterFailureIsRetriedNotQuarantined: a stage whose cluster cannot be reached fails
+// without quarantining the release; after the back-off the same commit runs again and,
+// the cluster being back, completes.
+func TestClusterFailureIsRetriedNotQuarantined(t *testing.T) {
+	f := newFixture(t, true)
+	target, err := NewCluster("dev", cluster.Config)
+	require.NoError(t, err)
+	t.Cleanup(target.Close)
+	var mu sync.Mutex
+	down := true
+	f.r.opts.Clusters = func(name string) (*Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return nil, fmt.Errorf("cluster %q: dial tcp 127.0.0.1:1: connect: connection refused", name)
+		}
+		return target, nil
+	}
+	f.r.opts.RetryBackoff = 500 * time.Millisecond
+
+	c1 := f.commit("c1", "release 1.0", "1.0")
+	f.sync(c1)
+	x := f.waitFor("web#1", Failed)
+	assert.True(t, x.Status.Retryable)
+	assert.Contains(t, x.Status.Comment, "connection refused")
+	assert.Contains(t, x.Status.Comment, "tried again later")
+	ledger, err := f.r.Store().Ledger(context.Background(), "web", "dev")
+	require.NoError(t, err)
+	assert.Empty(t, ledger.Status.Failed, "a cluster failure does not quarantine the release")
+
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	require.Eventually(t, func() bool {
+		f.sync(c1) // a resync of the same commit
+		x, err := f.r.Store().GetExecution(context.Background(), "web-2")
+		return err == nil && x.Status.Phase == Completed
+	}, 30*time.Second, 200*time.Millisecond)
+	x, err = f.r.Store().GetExecution(context.Background(), "web-2")
+	require.NoError(t, err)
+	assert.Equal(t, "retry of web#1, which failed because of the cluster", x.Status.Comment)
+	assert.Equal(t, "registry.example/web:1.0", f.image())
 }

@@ -102,7 +102,7 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	}
 	rec.Status = Completed
 	if d.Hash != good.Hash {
-		rec.Message = fmt.Sprintf("commit %s now renders release %s, not %s: the daemon's configuration changed since", short(good.Commit), short(d.Hash), short(good.Hash))
+		rec.Message = fmt.Sprintf("commit %s now renders release %s, not %s: the daemon's configuration changed since", short(good.Commit), releaseID(d.Hash), releaseID(good.Hash))
 	}
 	ledger, err := e.r.store.Ledger(ctx, pipeline, stageName)
 	if err != nil {

@@ -46,7 +46,7 @@ func (e *run) rolling(ctx context.Context, cluster *Cluster, pipeline string, d 
 		if err := e.verify(ctx, cluster, pipeline, d.Stage, names(deployments), d.Service); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, d.Stage.Name, d.Objects)
+		return e.prune(ctx, cluster, pipeline, d.Stage, d.Objects)
 	})
 	e.deploymentEvents(ctx, cluster, deployments, err)
 	return err
@@ -64,10 +64,10 @@ func (e *run) createResources(ctx context.Context, cluster *Cluster, pipeline st
 }
 
 // prune deletes what the stage owns in its cluster that keep no longer has.
-func (e *run) prune(ctx context.Context, cluster *Cluster, pipeline, stage string, keep []*unstructured.Unstructured) error {
-	pruned, err := cluster.Prune(ctx, pipeline, stage, keep, append(kindsOf(keep), pruneKinds...))
+func (e *run) prune(ctx context.Context, cluster *Cluster, pipeline string, stage *planner.Stage, keep []*unstructured.Unstructured) error {
+	pruned, err := cluster.Prune(ctx, pipeline, stage.Name, []string{stage.Namespace}, keep, append(kindsOf(keep), pruneKinds...))
 	if len(pruned) > 0 {
-		e.log.Info("pruned objects no longer in the release", "stage", stage, "objects", pruned)
+		e.log.Info("pruned objects no longer in the release", "stage", stage.Name, "objects", pruned)
 	}
 	return err
 }

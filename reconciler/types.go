@@ -102,11 +102,14 @@ type ExecutionSpec struct {
 
 // ExecutionStatus is where an execution is.
 type ExecutionStatus struct {
-	Phase      Status        `json:"phase,omitempty"`
-	Stage      string        `json:"stage,omitempty"`
-	Image      string        `json:"image,omitempty"`
-	Comment    string        `json:"comment,omitempty"`
-	Rollback   string        `json:"rollback,omitempty"`
+	Phase    Status `json:"phase,omitempty"`
+	Stage    string `json:"stage,omitempty"`
+	Image    string `json:"image,omitempty"`
+	Comment  string `json:"comment,omitempty"`
+	Rollback string `json:"rollback,omitempty"`
+	// Retryable marks a failure of the cluster rather than of the release: the commit is
+	// tried again by a new execution, after a back-off.
+	Retryable  bool          `json:"retryable,omitempty"`
 	StartedAt  *metav1.Time  `json:"startedAt,omitempty"`
 	FinishedAt *metav1.Time  `json:"finishedAt,omitempty"`
 	Stages     []StageRecord `json:"stages,omitempty"`

@@ -25,13 +25,19 @@ func verificationFailed(check, format string, args ...any) error {
 	return &VerificationError{Check: check, Reason: fmt.Sprintf(format, args...)}
 }
 
-// rolloutState reads a Deployment's status the way `kubectl rollout status` does.
-func rolloutState(d *appsv1.Deployment) (done bool, why string, failed bool) {
+// rolloutState reads a Deployment's status the way `kubectl rollout status` does, with one
+// difference: a ProgressDeadlineExceeded condition last updated before since (plus the
+// second its timestamps are rounded to) belongs to an earlier rollout, such as the failed one
+// a rollback replaces, and is not this rollout's failure.
+func rolloutState(d *appsv1.Deployment, since time.Time) (done bool, why string, failed bool) {
 	if d.Generation > d.Status.ObservedGeneration {
 		return false, "waiting for the controller to observe the new generation", false
 	}
 	for _, c := range d.Status.Conditions {
 		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+			if c.LastUpdateTime.Time.Before(since.Add(time.Second)) {
+				return false, "waiting for progress (the controller still reports an earlier rollout's deadline)", false
+			}
 			return false, "ProgressDeadlineExceeded: " + c.Message, true
 		}
 	}

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -12,32 +13,39 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// deploymentWatch is one watch per cluster of the Deployments ebb manages (those labelled
-// with a pipeline), shared by every rollout being verified there: no polling, and a rollout's
-// progress is seen as soon as the API server reports it.
+// deploymentWatch is one watch per namespace of the Deployments ebb manages there (those
+// labelled with a pipeline), shared by every rollout being verified in it: no polling, and a
+// rollout's progress is seen as soon as the API server reports it. Watching per namespace
+// needs no cluster-wide rights, so ebb works with namespace-scoped RBAC.
 type deploymentWatch struct {
-	lister appslisters.DeploymentLister
+	lister appslisters.DeploymentNamespaceLister
 	synced cache.InformerSynced
-	stop   chan struct{}
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every event
 }
 
-func (c *Cluster) watchDeployments() *deploymentWatch {
-	c.watchOnce.Do(func() {
-		factory := informers.NewSharedInformerFactoryWithOptions(c.Typed, 10*time.Minute,
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelPipeline }))
-		inf := factory.Apps().V1().Deployments()
-		w := &deploymentWatch{lister: inf.Lister(), synced: inf.Informer().HasSynced, stop: make(chan struct{}), changed: make(chan struct{})}
-		notify := func(any) { w.notify() }
-		_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: notify, DeleteFunc: notify, UpdateFunc: func(_, n any) { w.notify() },
-		})
-		factory.Start(w.stop)
-		c.watch = w
+// watchDeployments returns the watch of namespace ns, starting it on first use.
+func (c *Cluster) watchDeployments(ns string) (*deploymentWatch, error) {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	if c.watchStop == nil {
+		return nil, fmt.Errorf("cluster %q is closed", c.Name)
+	}
+	if w := c.watches[ns]; w != nil {
+		return w, nil
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(c.Typed, 10*time.Minute, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelPipeline }))
+	inf := factory.Apps().V1().Deployments()
+	w := &deploymentWatch{lister: inf.Lister().Deployments(ns), synced: inf.Informer().HasSynced, changed: make(chan struct{})}
+	notify := func(any) { w.notify() }
+	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: notify, DeleteFunc: notify, UpdateFunc: func(_, n any) { w.notify() },
 	})
-	return c.watch
+	factory.Start(c.watchStop)
+	c.watches[ns] = w
+	return w, nil
 }
 
 func (w *deploymentWatch) notify() {
@@ -56,9 +64,11 @@ func (w *deploymentWatch) next() <-chan struct{} {
 
 // Close stops the cluster's watches.
 func (c *Cluster) Close() {
-	c.watchOnce.Do(func() {}) // no watch may start after Close
-	if c.watch != nil {
-		close(c.watch.stop)
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	if c.watchStop != nil {
+		close(c.watchStop)
+		c.watchStop = nil
 	}
 }
 
@@ -69,11 +79,21 @@ func (c *Cluster) Close() {
 // It reads the Deployment once from the API server, to learn the generation to wait for (the
 // shared watch may lag behind an apply just made), then follows the watch.
 func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time.Duration) error {
+	started := time.Now()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	w := c.watchDeployments()
-	if !cache.WaitForCacheSync(ctx.Done(), w.synced) {
-		return ctx.Err()
+	w, err := c.watchDeployments(ns)
+	if err != nil {
+		return err
+	}
+	syncCtx, cancel := context.WithTimeout(ctx, timeout)
+	synced := cache.WaitForCacheSync(syncCtx.Done(), w.synced)
+	cancel()
+	if !synced {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("watch Deployments in %s of cluster %q: no answer within %s (can ebb list and watch Deployments there?)", ns, c.Name, timeout)
 	}
 	d, err := c.Typed.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
@@ -84,7 +104,7 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 	for {
 		changed := w.next()
 		if d != nil && d.Generation >= generation {
-			done, why, failed := rolloutState(d)
+			done, why, failed := rolloutState(d, started)
 			if failed {
 				return verificationFailed("rollout", "Deployment %s/%s: %s", ns, name, why)
 			}
@@ -101,7 +121,7 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		d, err = w.lister.Deployments(ns).Get(name)
+		d, err = w.lister.Get(name)
 		if apierrors.IsNotFound(err) {
 			d, last = nil, "the Deployment is gone"
 		}

@@ -27,7 +27,7 @@ func TestValidate(t *testing.T) {
 			}},
 		{"unknown cluster", []string{"validate", "--config", "testdata/config.yaml", "../../examples/rolling-upgrade"},
 			1, "1 errors; 0 pipelines valid\n", []string{
-				`../../examples/rolling-upgrade/pipelines/web.yaml:16:14: unknown cluster "dev": the daemon config defines "staging", "prod"`,
+				`../../examples/rolling-upgrade/pipelines/web.yaml:17:14: unknown cluster "dev": the daemon config defines "staging", "prod"`,
 			}},
 		{"render error", []string{"validate", "testdata/render-error"},
 			1, "1 errors; 0 pipelines valid\n", []string{

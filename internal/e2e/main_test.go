@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -72,6 +73,17 @@ func testMain(m *testing.M) int {
 	defer prod.Stop()
 	if err := reconciler.InstallCRDs(ctx, dynamic.NewForConfigOrDie(dev.Config), filepath.Join(moduleRoot, "charts", "ebb", "crds")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// The approval policy ships with the chart as plain YAML; install it as Helm would.
+	kubectl, err := testcluster.Bin("kubectl")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	policy := filepath.Join(moduleRoot, "charts", "ebb", "templates", "approval-policy.yaml")
+	if out, err := exec.Command(kubectl, "--kubeconfig", dev.Kubeconfig, "apply", "-f", policy).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "apply %s: %v\n%s", policy, err, out)
 		return 1
 	}
 	code := m.Run()
@@ -357,19 +369,28 @@ func (d *daemon) terminate() error {
 func (e *env) waitExecution(commit string, status reconciler.Status) *reconciler.Execution {
 	e.t.Helper()
 	var last *reconciler.Execution
-	require.Eventually(e.t, func() bool {
+	var seen []string
+	ok := assert.Eventually(e.t, func() bool {
 		list, err := e.store.ListExecutions(context.Background(), e.name)
 		if err != nil {
+			seen = []string{err.Error()}
 			return false
 		}
+		seen = seen[:0]
 		for i := range list {
+			seen = append(seen, describe(&list[i])+" commit="+list[i].Spec.ShortCommit)
 			if list[i].Spec.Kind == reconciler.KindDeploy && list[i].Spec.Commit == commit {
 				last = &list[i]
-				return list[i].Status.Phase == status
+				if list[i].Status.Phase == status {
+					return true
+				}
 			}
 		}
 		return false
-	}, 90*time.Second, 20*time.Millisecond, "execution of %s never reached %s; last: %s", commit[:7], status, describe(last))
+	}, 90*time.Second, 20*time.Millisecond)
+	if !ok {
+		e.t.Fatalf("execution of %s never reached %s; last: %s; executions: %s", commit[:7], status, describe(last), strings.Join(seen, "; "))
+	}
 	return last
 }
 
