@@ -3,7 +3,6 @@ package charttest
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -37,9 +36,9 @@ func TestNamespacedRBACDeniesOtherNamespaces(t *testing.T) {
 	_, err := in.admin.CoreV1().Namespaces().Get(ctx, "team-b", metav1.GetOptions{})
 	assert.True(t, apierrors.IsNotFound(err), "nothing is written outside the allowed namespaces: %v", err)
 
-	// The allowed pipeline is applied. Its verification needs the reconciler to watch and
-	// prune per namespace, which it does not do yet (see docs/install.md, RBAC modes).
-	require.Eventually(t, func() bool { return image(t, in, "team-a") == "registry.example/inside:1.0" }, 60*time.Second, 50*time.Millisecond)
+	// The allowed pipeline completes: ebb watches and prunes per namespace, within its Roles.
+	in.waitExecution("inside", sha, reconciler.Completed)
+	assert.Equal(t, "registry.example/inside:1.0", image(t, in, "team-a"))
 	svc, err := in.admin.CoreV1().Services("team-a").Get(ctx, "web", metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, "inside", svc.Labels[reconciler.LabelPipeline])
