@@ -14,7 +14,7 @@ import (
 
 // VerificationError says a release was checked and found bad: the stage rolls back.
 type VerificationError struct {
-	// Check is what failed: "rollout" or "healthCheck".
+	// Check is what failed: "rollout", "healthCheck", "metrics" or "traffic".
 	Check  string
 	Reason string
 }
