@@ -29,6 +29,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"ebb.dev/ebb/internal/proc"
 )
 
 // Options say what cluster to start. The zero value is a usable cluster named "test" with one
@@ -62,7 +64,7 @@ type Cluster struct {
 	host    string
 	ownDir  bool
 	mu      sync.Mutex
-	procs   []*process
+	procs   []*proc.Process
 	stopped bool
 }
 
@@ -162,7 +164,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, bin string) error {
 	}
 	ports := make([]int, 3)
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = proc.FreePort(); err != nil {
 			return err
 		}
 	}
@@ -311,7 +313,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 func (c *Cluster) poll(ctx context.Context, what string, cond wait.ConditionWithContextFunc) error {
 	err := wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		for _, p := range c.processes() {
-			if err := p.exited(); err != nil {
+			if err := p.Exited(); err != nil {
 				return false, err
 			}
 		}
@@ -330,7 +332,7 @@ func (c *Cluster) start(bin, name string, args ...string) error {
 	if c.stopped {
 		return errors.New("cluster is stopped")
 	}
-	p, err := startProcess(c.Dir, name, filepath.Join(bin, name), args...)
+	p, err := proc.Start(c.Dir, name, filepath.Join(bin, name), args...)
 	if err != nil {
 		return err
 	}
@@ -338,10 +340,10 @@ func (c *Cluster) start(bin, name string, args ...string) error {
 	return nil
 }
 
-func (c *Cluster) processes() []*process {
+func (c *Cluster) processes() []*proc.Process {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]*process(nil), c.procs...)
+	return append([]*proc.Process(nil), c.procs...)
 }
 
 // Stop ends every process the cluster started, all at once, within a few seconds, and removes
@@ -359,7 +361,7 @@ func (c *Cluster) Stop() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = p.stop(time.Second)
+			errs[i] = p.Stop(time.Second)
 		}()
 	}
 	wg.Wait()
@@ -374,7 +376,7 @@ func (c *Cluster) Stop() error {
 func (c *Cluster) LogTail(n int) string {
 	var b strings.Builder
 	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "etcd"} {
-		fmt.Fprintf(&b, "==> %s <==\n%s\n", name, tail(c.path(name+".log"), n))
+		fmt.Fprintf(&b, "==> %s <==\n%s\n", name, proc.Tail(c.path(name+".log"), n))
 	}
 	return b.String()
 }

@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"ebb.dev/ebb/internal/proc"
 )
 
 // panicDirEnv, when set, makes the test binary a helper that starts a cluster in that
@@ -38,7 +40,7 @@ func TestMain(m *testing.M) {
 		os.Exit(code)
 	}
 	// After the package's tests, no process they started may still run.
-	if pids, err := ProcessesUsing(cluster.Dir); err != nil || len(pids) > 0 {
+	if pids, err := proc.ProcessesUsing(cluster.Dir); err != nil || len(pids) > 0 {
 		fmt.Fprintf(os.Stderr, "processes still running after the tests: %v (%v)\n", pids, err)
 		code = 1
 	}
@@ -139,7 +141,7 @@ func TestTwoClustersAreIndependent(t *testing.T) {
 		start := time.Now()
 		require.NoError(t, c.Stop())
 		assert.Less(t, time.Since(start), 5*time.Second, "stopping %s took too long", c.Name)
-		pids, err := ProcessesUsing(dir)
+		pids, err := proc.ProcessesUsing(dir)
 		require.NoError(t, err)
 		assert.Empty(t, pids, "processes of %s still running", c.Name)
 		_, err = net.DialTimeout("tcp", host, time.Second)
@@ -161,7 +163,7 @@ func TestPanicLeavesNothingRunning(t *testing.T) {
 
 	var pids []int
 	require.Eventually(t, func() bool {
-		pids, err = ProcessesUsing(dir)
+		pids, err = proc.ProcessesUsing(dir)
 		return err == nil && len(pids) == 0
 	}, 5*time.Second, 50*time.Millisecond, "processes outlived the panicking test: %v", pids)
 }

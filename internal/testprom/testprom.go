@@ -9,17 +9,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"ebb.dev/ebb/internal/proc"
 )
 
 // Options say what the server scrapes.
@@ -42,9 +41,7 @@ type Server struct {
 	// Dir holds the configuration, the TSDB and prometheus.log; Stop removes it.
 	Dir string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // set before done is closed
+	proc *proc.Process
 }
 
 // errMissing is returned when the prometheus binary cannot be found.
@@ -82,7 +79,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, done: make(chan struct{})}
+	s := &Server{Dir: dir}
 	defer func() {
 		if err != nil {
 			_ = s.Stop()
@@ -93,12 +90,12 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := os.WriteFile(config, configYAML(opts), 0o600); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	s.URL = "http://127.0.0.1:" + strconv.Itoa(port)
-	if err := s.start(opts.Binary,
+	if s.proc, err = proc.Start(dir, "prometheus", opts.Binary,
 		"--config.file="+config,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address=127.0.0.1:"+strconv.Itoa(port),
@@ -144,33 +141,6 @@ scrape_configs:
 `, interval, interval, targets))
 }
 
-// start runs the binary in its own process group, so that Stop also ends anything it started,
-// and with a parent-death signal, so that it dies with the test binary even when cleanup never
-// runs.
-func (s *Server) start(bin string, args ...string) error {
-	logFile, err := os.OpenFile(filepath.Join(s.Dir, "prometheus.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = s.Dir
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		close(s.done)
-		return fmt.Errorf("run %s: %w", bin, err)
-	}
-	s.cmd = cmd
-	go func() {
-		s.err = cmd.Wait()
-		logFile.Close()
-		close(s.done)
-	}()
-	return nil
-}
-
 // waitReady polls /-/ready until it answers 200, the process exits, or ctx ends.
 func (s *Server) waitReady(ctx context.Context) error {
 	client := &http.Client{Timeout: time.Second}
@@ -183,8 +153,8 @@ func (s *Server) waitReady(ctx context.Context) error {
 			}
 		}
 		select {
-		case <-s.done:
-			return fmt.Errorf("prometheus exited (%v); last lines of its log:\n%s", s.err, s.LogTail(15))
+		case <-s.proc.Done():
+			return s.proc.Exited()
 		case <-ctx.Done():
 			return fmt.Errorf("wait for %s/-/ready: %w; last lines of its log:\n%s", s.URL, ctx.Err(), s.LogTail(15))
 		case <-time.After(100 * time.Millisecond):
@@ -244,47 +214,14 @@ func (s *Server) count(ctx context.Context, client *http.Client, query string) (
 // Stop kills the server's process group and removes its directory. It is safe to call more
 // than once.
 func (s *Server) Stop() error {
-	if s.cmd != nil {
-		pgid := s.cmd.Process.Pid
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			select {
-			case <-s.done:
-			case <-time.After(2 * time.Second):
-				return fmt.Errorf("prometheus (pid %d) did not exit after SIGKILL", pgid)
-			}
+	if s.proc != nil {
+		if err := s.proc.Stop(5 * time.Second); err != nil {
+			return err
 		}
-		// Children that outlived the leader still carry its group id.
-		if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("kill process group of prometheus: %w", err)
-		}
-		s.cmd = nil // the group id may be reused once reaped
+		s.proc = nil
 	}
 	return os.RemoveAll(s.Dir)
 }
 
 // LogTail returns the last n lines of the server's log.
-func (s *Server) LogTail(n int) string {
-	data, err := os.ReadFile(filepath.Join(s.Dir, "prometheus.log"))
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// freePort asks the kernel for an unused loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func (s *Server) LogTail(n int) string { return proc.Tail(filepath.Join(s.Dir, "prometheus.log"), n) }

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -15,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ebb.dev/ebb/internal/proc"
 )
 
 // TestStartScrapesAndStopLeavesNothing starts a server scraping an exporter, waits for the
@@ -33,12 +34,15 @@ func TestStartScrapesAndStopLeavesNothing(t *testing.T) {
 	defer cancel()
 	s, err := Start(ctx, Options{Targets: []string{target.Host}})
 	require.NoError(t, err)
-	pid := s.cmd.Process.Pid
 	require.NoError(t, s.WaitForSamples(ctx, "ebb_testprom_value == 42", 1), s.LogTail(20))
+	running, err := proc.ProcessesUsing(s.Dir)
+	require.NoError(t, err)
+	require.NotEmpty(t, running, "prometheus is not found by its directory")
 
 	require.NoError(t, s.Stop())
-	_, err = os.Stat("/proc/" + strconv.Itoa(pid))
-	assert.True(t, os.IsNotExist(err), "prometheus (pid %d) still exists after Stop", pid)
+	running, err = proc.ProcessesUsing(s.Dir)
+	require.NoError(t, err)
+	assert.Empty(t, running, "prometheus still runs after Stop")
 	_, err = net.DialTimeout("tcp", s.URL[len("http://"):], time.Second)
 	assert.Error(t, err, "something still listens on %s", s.URL)
 	_, err = os.Stat(s.Dir)

@@ -14,11 +14,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -34,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"ebb.dev/ebb/internal/gitserver"
+	"ebb.dev/ebb/internal/proc"
 	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/reconciler"
 )
@@ -77,7 +76,7 @@ type demo struct {
 	dir, ebb, root string
 	dev, prod      *testcluster.Cluster
 	repo           *gitserver.WorkTree
-	daemon         *exec.Cmd
+	daemon         *proc.Process
 	logPath        string
 	store          *reconciler.Store
 	devCS, prodCS  kubernetes.Interface
@@ -145,25 +144,19 @@ clusters:
 	}
 
 	step("Starting the ebb daemon")
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
-	d.logPath = filepath.Join(d.dir, "ebb.log")
-	logFile, err := os.Create(d.logPath)
-	if err != nil {
-		return err
-	}
-	d.daemon = exec.Command(d.ebb, "run",
+	d.daemon, err = proc.Start(d.dir, "ebb", d.ebb, "run",
 		"--repo", d.repo.Dir, "--branch", "main", "--config", configPath,
 		"--kubeconfig", d.dev.Kubeconfig, "--namespace", namespace,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--interval", "5s", "--resync", "10s",
 		"--cache-dir", filepath.Join(d.dir, "git-cache"), "--leader-elect=false")
-	d.daemon.Stdout, d.daemon.Stderr = logFile, logFile
-	d.daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := d.daemon.Start(); err != nil {
+	if err != nil {
 		return err
 	}
+	d.logPath = d.daemon.Log()
 	fmt.Printf("   ebb run --repo %s --config %s   (log: %s, metrics: http://127.0.0.1:%d/metrics)\n", d.repo.Dir, configPath, d.logPath, port)
 	return nil
 }
@@ -244,7 +237,7 @@ func (d *demo) waitFor(ctx context.Context, commit string, status reconciler.Sta
 	deadline := time.Now().Add(3 * time.Minute)
 	var last reconciler.Status
 	for time.Now().Before(deadline) {
-		if err := d.daemonAlive(); err != nil {
+		if err := d.daemon.Exited(); err != nil {
 			return nil, err
 		}
 		list, err := d.store.ListExecutions(ctx, pipeline)
@@ -272,16 +265,6 @@ func (d *demo) waitFor(ctx context.Context, commit string, status reconciler.Sta
 		}
 	}
 	return nil, fmt.Errorf("commit %s: no execution reached %s within 3 minutes", commit[:7], status)
-}
-
-func (d *demo) daemonAlive() error {
-	if d.daemon.ProcessState != nil {
-		return errors.New("the ebb daemon exited")
-	}
-	if err := d.daemon.Process.Signal(syscall.Signal(0)); err != nil {
-		return errors.New("the ebb daemon exited")
-	}
-	return nil
 }
 
 // table prints the executions table with `ebb executions`, as a user would.
@@ -323,15 +306,8 @@ func (d *demo) explore() {
 
 // close stops the daemon (SIGTERM, as Kubernetes would) and both clusters.
 func (d *demo) close() {
-	if d.daemon != nil && d.daemon.Process != nil {
-		_ = syscall.Kill(-d.daemon.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = d.daemon.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-d.daemon.Process.Pid, syscall.SIGKILL)
-		}
+	if d.daemon != nil {
+		_ = d.daemon.Stop(5 * time.Second)
 	}
 	for _, c := range []*testcluster.Cluster{d.prod, d.dev} {
 		if c != nil {
@@ -341,15 +317,6 @@ func (d *demo) close() {
 }
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
 
 // copyTree copies the regular files under src into dst.
 func copyTree(src, dst string) error {

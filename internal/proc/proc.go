@@ -1,4 +1,8 @@
-package testcluster
+// Package proc runs the helper processes tests and the demo start (a control plane, a
+// Prometheus, the ebb daemon): each in its own process group, so that stopping it stops
+// anything it started, and with a parent-death signal, so that it dies with its parent even
+// when that panics or is killed before any cleanup runs.
+package proc
 
 import (
 	"errors"
@@ -13,10 +17,8 @@ import (
 	"time"
 )
 
-// process is one control-plane binary running in its own process group, so that stopping it
-// also stops anything it started, and with a parent-death signal, so that it dies with the
-// test binary even when that panics or is killed before cleanup runs.
-type process struct {
+// Process is one running binary.
+type Process struct {
 	name string
 	cmd  *exec.Cmd
 	log  string
@@ -24,8 +26,8 @@ type process struct {
 	err  error // set before done is closed
 }
 
-// startProcess runs bin with args, appending its output to dir/name.log.
-func startProcess(dir, name, bin string, args ...string) (*process, error) {
+// Start runs bin with args in dir, appending its output to dir/name.log.
+func Start(dir, name, bin string, args ...string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -40,7 +42,7 @@ func startProcess(dir, name, bin string, args ...string) (*process, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		logFile.Close()
@@ -49,18 +51,24 @@ func startProcess(dir, name, bin string, args ...string) (*process, error) {
 	return p, nil
 }
 
-// exited reports an error when the process has already ended, with the tail of its log.
-func (p *process) exited() error {
+// Exited reports an error when the process has already ended, with the tail of its log.
+func (p *Process) Exited() error {
 	select {
 	case <-p.done:
-		return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, p.err, p.log, tail(p.log, 15))
+		return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, p.err, p.log, Tail(p.log, 15))
 	default:
 		return nil
 	}
 }
 
-// stop sends SIGTERM to the process group, and SIGKILL to whatever is left after grace.
-func (p *process) stop(grace time.Duration) error {
+// Done is closed when the process has ended.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Log is the path of the process's log.
+func (p *Process) Log() string { return p.log }
+
+// Stop sends SIGTERM to the process group, and SIGKILL to whatever is left after grace.
+func (p *Process) Stop(grace time.Duration) error {
 	pgid := p.cmd.Process.Pid
 	_ = syscall.Kill(-pgid, syscall.SIGTERM)
 	select {
@@ -80,7 +88,8 @@ func (p *process) stop(grace time.Duration) error {
 	return nil
 }
 
-func tail(path string, n int) string {
+// Tail returns the last n lines of the file at path, or the error reading it.
+func Tail(path string, n int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
@@ -92,8 +101,8 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// freePort asks the kernel for an unused loopback port.
-func freePort() (int, error) {
+// FreePort asks the kernel for an unused loopback port.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -102,8 +111,8 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// ProcessesUsing lists the pids of running processes whose command line mentions path. The
-// harness's own tests use it to prove that nothing outlives a cluster.
+// ProcessesUsing lists the pids of running processes whose command line mentions path: tests
+// use it to prove that nothing outlives what they started.
 func ProcessesUsing(path string) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
