@@ -16,16 +16,23 @@ import (
 // deploymentWatch is one watch per namespace of the Deployments ebb manages there (those
 // labelled with a pipeline), shared by every rollout being verified in it: no polling, and a
 // rollout's progress is seen as soon as the API server reports it. Watching per namespace
-// needs no cluster-wide rights, so ebb works with namespace-scoped RBAC.
+// needs no cluster-wide rights, so ebb works with namespace-scoped RBAC. A watch lives only
+// while rollouts use it (and watchIdle after), so an idle daemon holds no watches at all.
 type deploymentWatch struct {
 	lister appslisters.DeploymentNamespaceLister
 	synced cache.InformerSynced
+	stop   chan struct{}
+	users  int // rollouts waiting on it; guarded by Cluster.watchMu
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every event
 }
 
-// watchDeployments returns the watch of namespace ns, starting it on first use.
+// watchIdle is how long a watch no rollout uses is kept, for the next stage or release.
+const watchIdle = 30 * time.Second
+
+// watchDeployments returns the watch of namespace ns, starting it when there is none. The
+// caller must call release when done with it.
 func (c *Cluster) watchDeployments(ns string) (*deploymentWatch, error) {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
@@ -33,19 +40,40 @@ func (c *Cluster) watchDeployments(ns string) (*deploymentWatch, error) {
 		return nil, fmt.Errorf("cluster %q is closed", c.Name)
 	}
 	if w := c.watches[ns]; w != nil {
+		w.users++
 		return w, nil
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(c.Typed, 10*time.Minute, informers.WithNamespace(ns),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelPipeline }))
 	inf := factory.Apps().V1().Deployments()
-	w := &deploymentWatch{lister: inf.Lister().Deployments(ns), synced: inf.Informer().HasSynced, changed: make(chan struct{})}
+	w := &deploymentWatch{lister: inf.Lister().Deployments(ns), synced: inf.Informer().HasSynced,
+		stop: make(chan struct{}), users: 1, changed: make(chan struct{})}
 	notify := func(any) { w.notify() }
 	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: notify, DeleteFunc: notify, UpdateFunc: func(_, n any) { w.notify() },
 	})
-	factory.Start(c.watchStop)
+	factory.Start(w.stop)
 	c.watches[ns] = w
 	return w, nil
+}
+
+// release ends one use of the watch of ns; the last use stops it after watchIdle, unless a
+// rollout takes it up again by then.
+func (c *Cluster) release(ns string, w *deploymentWatch) {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	w.users--
+	if w.users > 0 {
+		return
+	}
+	time.AfterFunc(watchIdle, func() {
+		c.watchMu.Lock()
+		defer c.watchMu.Unlock()
+		if w.users == 0 && c.watches[ns] == w {
+			close(w.stop)
+			delete(c.watches, ns)
+		}
+	})
 }
 
 func (w *deploymentWatch) notify() {
@@ -62,13 +90,18 @@ func (w *deploymentWatch) next() <-chan struct{} {
 	return w.changed
 }
 
-// Close stops the cluster's watches.
+// Close stops the cluster's watches; no watch starts after it.
 func (c *Cluster) Close() {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
-	if c.watchStop != nil {
-		close(c.watchStop)
-		c.watchStop = nil
+	if c.watchStop == nil {
+		return
+	}
+	close(c.watchStop)
+	c.watchStop = nil
+	for ns, w := range c.watches {
+		close(w.stop)
+		delete(c.watches, ns)
 	}
 }
 
@@ -86,6 +119,7 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 	if err != nil {
 		return err
 	}
+	defer c.release(ns, w)
 	syncCtx, cancel := context.WithTimeout(ctx, timeout)
 	synced := cache.WaitForCacheSync(syncCtx.Done(), w.synced)
 	cancel()
