@@ -188,7 +188,9 @@ func BenchmarkIdle200Pipelines(b *testing.B) {
 		return done == pipelines
 	}, 15*time.Minute, time.Second)
 	b.Logf("200 pipelines x 2 stages deployed in %s", time.Since(start).Round(time.Second))
-	time.Sleep(2 * time.Second) // let the last records settle
+	// At rest: the last records written, and the rollouts' Deployment watches closed (they
+	// outlive their last rollout by 30s).
+	time.Sleep(40 * time.Second)
 
 	pid := d.cmd.Process.Pid
 	// Writes are counted apart for the leader Lease, which the leader renews every 2s by design.
