@@ -32,9 +32,11 @@ type Cluster struct {
 	Dynamic dynamic.Interface
 	mapper  *restmapper.DeferredDiscoveryRESTMapper
 
-	watchMu   sync.Mutex
-	watches   map[string]*deploymentWatch // by namespace
-	watchStop chan struct{}               // nil once closed
+	watchMu      sync.Mutex
+	scopeDecided bool
+	perNamespace bool                        // ebb may not list Deployments cluster-wide: watch per namespace
+	watches      map[string]*deploymentWatch // by namespace, or "" for all
+	watchStop    chan struct{}               // nil once closed
 }
 
 // NewCluster connects to a cluster. It does not contact the cluster yet: an unreachable

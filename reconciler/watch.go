@@ -13,13 +13,13 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// deploymentWatch is one watch per namespace of the Deployments ebb manages there (those
-// labelled with a pipeline), shared by every rollout being verified in it: no polling, and a
-// rollout's progress is seen as soon as the API server reports it. Watching per namespace
-// needs no cluster-wide rights, so ebb works with namespace-scoped RBAC. A watch lives only
-// while rollouts use it (and watchIdle after), so an idle daemon holds no watches at all.
+// deploymentWatch is a watch of the Deployments ebb manages (those labelled with a pipeline),
+// shared by every rollout being verified: no polling, and a rollout's progress is seen as soon
+// as the API server reports it. There is one per cluster when ebb may list Deployments in all
+// namespaces, else one per namespace, so ebb also works with namespace-scoped RBAC. A watch
+// lives only while rollouts use it (and watchIdle after), so an idle daemon holds none.
 type deploymentWatch struct {
-	lister appslisters.DeploymentNamespaceLister
+	lister appslisters.DeploymentLister
 	synced cache.InformerSynced
 	stop   chan struct{}
 	users  int // rollouts waiting on it; guarded by Cluster.watchMu
@@ -31,35 +31,64 @@ type deploymentWatch struct {
 // watchIdle is how long a watch no rollout uses is kept, for the next stage or release.
 const watchIdle = 30 * time.Second
 
-// watchDeployments returns the watch of namespace ns, starting it when there is none. The
-// caller must call release when done with it.
-func (c *Cluster) watchDeployments(ns string) (*deploymentWatch, error) {
+// watchScope returns the key of the watch that covers namespace ns: "" (every namespace) when
+// ebb may list Deployments cluster-wide, else ns. The API server is asked until it answers.
+func (c *Cluster) watchScope(ctx context.Context, ns string) string {
+	c.watchMu.Lock()
+	decided, perNamespace := c.scopeDecided, c.perNamespace
+	c.watchMu.Unlock()
+	if !decided {
+		_, err := c.Typed.AppsV1().Deployments("").List(ctx, metav1.ListOptions{LabelSelector: LabelPipeline, Limit: 1})
+		if err == nil || apierrors.IsForbidden(err) {
+			perNamespace = err != nil
+			c.watchMu.Lock()
+			c.scopeDecided, c.perNamespace = true, perNamespace
+			c.watchMu.Unlock()
+		}
+	}
+	if perNamespace {
+		return ns
+	}
+	return ""
+}
+
+// watchDeployments returns the watch covering namespace ns, starting it when there is none.
+// The caller must release it when done.
+func (c *Cluster) watchDeployments(ctx context.Context, ns string) (*deploymentWatch, string, error) {
+	scope := c.watchScope(ctx, ns)
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
 	if c.watchStop == nil {
-		return nil, fmt.Errorf("cluster %q is closed", c.Name)
+		return nil, "", fmt.Errorf("cluster %q is closed", c.Name)
 	}
-	if w := c.watches[ns]; w != nil {
+	if w := c.watches[scope]; w != nil {
 		w.users++
-		return w, nil
+		return w, scope, nil
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(c.Typed, 10*time.Minute, informers.WithNamespace(ns),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelPipeline }))
+	factory := informers.NewSharedInformerFactoryWithOptions(c.Typed, 10*time.Minute, informers.WithNamespace(scope),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelPipeline }),
+		// Verification reads status and generation only: keep managed fields out of memory.
+		informers.WithTransform(func(obj any) (any, error) {
+			if m, ok := obj.(metav1.Object); ok {
+				m.SetManagedFields(nil)
+			}
+			return obj, nil
+		}))
 	inf := factory.Apps().V1().Deployments()
-	w := &deploymentWatch{lister: inf.Lister().Deployments(ns), synced: inf.Informer().HasSynced,
+	w := &deploymentWatch{lister: inf.Lister(), synced: inf.Informer().HasSynced,
 		stop: make(chan struct{}), users: 1, changed: make(chan struct{})}
 	notify := func(any) { w.notify() }
 	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: notify, DeleteFunc: notify, UpdateFunc: func(_, n any) { w.notify() },
 	})
 	factory.Start(w.stop)
-	c.watches[ns] = w
-	return w, nil
+	c.watches[scope] = w
+	return w, scope, nil
 }
 
-// release ends one use of the watch of ns; the last use stops it after watchIdle, unless a
-// rollout takes it up again by then.
-func (c *Cluster) release(ns string, w *deploymentWatch) {
+// release ends one use of a watch; the last use stops it after watchIdle, unless a rollout
+// takes it up again by then.
+func (c *Cluster) release(scope string, w *deploymentWatch) {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
 	w.users--
@@ -69,9 +98,9 @@ func (c *Cluster) release(ns string, w *deploymentWatch) {
 	time.AfterFunc(watchIdle, func() {
 		c.watchMu.Lock()
 		defer c.watchMu.Unlock()
-		if w.users == 0 && c.watches[ns] == w {
+		if w.users == 0 && c.watches[scope] == w {
 			close(w.stop)
-			delete(c.watches, ns)
+			delete(c.watches, scope)
 		}
 	})
 }
@@ -115,11 +144,11 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 	started := time.Now()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	w, err := c.watchDeployments(ns)
+	w, scope, err := c.watchDeployments(ctx, ns)
 	if err != nil {
 		return err
 	}
-	defer c.release(ns, w)
+	defer c.release(scope, w)
 	syncCtx, cancel := context.WithTimeout(ctx, timeout)
 	synced := cache.WaitForCacheSync(syncCtx.Done(), w.synced)
 	cancel()
@@ -155,7 +184,7 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		d, err = w.lister.Get(name)
+		d, err = w.lister.Deployments(ns).Get(name)
 		if apierrors.IsNotFound(err) {
 			d, last = nil, "the Deployment is gone"
 		}
