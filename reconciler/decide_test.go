@@ -1,9 +1,12 @@
 package reconciler
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"ebb.dev/ebb/planner"
@@ -96,4 +99,12 @@ func TestComparableSecretStringData(t *testing.T) {
 	assert.True(t, covers(live, comparable(want)))
 	live["data"] = map[string]any{"token": "ZWxzZQ=="}
 	assert.False(t, covers(live, comparable(want)))
+}
+
+func TestHealthCheckNeverPrintsCredentials(t *testing.T) {
+	check := HealthCheck{URL: "http://ebb:s3cret@127.0.0.1:1/healthz", Interval: time.Millisecond, Successes: 1, Failures: 2, Timeout: time.Second}
+	err := check.Run(context.Background(), nil)
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "s3cret")
+	assert.Contains(t, err.Error(), "connection refused")
 }

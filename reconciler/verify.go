@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -92,11 +93,11 @@ func (h HealthCheck) Run(ctx context.Context, client *http.Client) error {
 			failures++
 			last = detail
 			if failures >= h.Failures {
-				return verificationFailed("healthCheck", "%s failed %d times in a row, last: %s", h.URL, failures, detail)
+				return verificationFailed("healthCheck", "%s failed %d times in a row, last: %s", redactURL(h.URL), failures, detail)
 			}
 		}
 		if time.Now().Add(h.Interval).After(deadline) {
-			return verificationFailed("healthCheck", "%s: %d of %d successes within %s (last failure: %s)", h.URL, successes, h.Successes, h.Timeout, orNone(last))
+			return verificationFailed("healthCheck", "%s: %d of %d successes within %s (last failure: %s)", redactURL(h.URL), successes, h.Successes, h.Timeout, orNone(last))
 		}
 		select {
 		case <-ctx.Done():
@@ -119,9 +120,10 @@ func (h HealthCheck) probe(ctx context.Context, client *http.Client) (bool, stri
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		var uerr interface{ Unwrap() error }
-		if errors.As(err, &uerr) && uerr.Unwrap() != nil {
-			return false, uerr.Unwrap().Error()
+		// A *url.Error repeats the URL, credentials included: keep only its cause.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			return false, uerr.Err.Error()
 		}
 		return false, err.Error()
 	}
@@ -131,6 +133,16 @@ func (h HealthCheck) probe(ctx context.Context, client *http.Client) (bool, stri
 		return false, "HTTP " + resp.Status
 	}
 	return true, ""
+}
+
+// redactURL hides the password of a URL's userinfo, for messages that end up in execution
+// records, events and logs.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(an unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func orNone(s string) string {
