@@ -5,18 +5,16 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
 // A render's inputs are its parameters (namespace, image, tag, values…) and every file and
-// directory kustomize looked at. recordingFS notes each look and what it saw; the next
-// snapshot replays the looks, and when all see the same thing the cached release is reused
-// without running kustomize again. Looks under the render's own scratch directory are not
-// inputs and are not noted.
+// directory kustomize looked at. renderFS notes each look and what it saw; the next snapshot
+// replays the looks, and when all see the same thing the cached release is reused without
+// running kustomize again. Looks under the render's own scratch directory are not inputs and
+// are not noted.
 
 // opKind names a filesystem look.
 type opKind byte
@@ -38,89 +36,6 @@ type fsOp struct {
 	digest string
 }
 
-// recordingFS is a read-through filesystem that notes every look.
-type recordingFS struct {
-	filesys.FileSystem
-	ignore string
-	// hidden is a file whose looks are not noted while ebb has stood in its own version of it.
-	hidden string
-	ops    []fsOp
-}
-
-func newRecordingFS(fsys filesys.FileSystem, ignorePrefix string) *recordingFS {
-	return &recordingFS{FileSystem: fsys, ignore: ignorePrefix}
-}
-
-func (r *recordingFS) note(kind opKind, arg, digest string) {
-	if strings.HasPrefix(arg, r.ignore) || (r.hidden != "" && arg == r.hidden) {
-		return
-	}
-	r.ops = append(r.ops, fsOp{kind: kind, arg: arg, digest: digest})
-}
-
-// ReadFile notes the file's content.
-func (r *recordingFS) ReadFile(path string) ([]byte, error) {
-	data, err := r.FileSystem.ReadFile(path)
-	r.note(opRead, path, digestBytes(data, err))
-	return data, err
-}
-
-// Open notes the file's content, as ReadFile would see it.
-func (r *recordingFS) Open(path string) (filesys.File, error) {
-	f, err := r.FileSystem.Open(path)
-	data, rerr := r.FileSystem.ReadFile(path)
-	if err == nil {
-		r.note(opRead, path, digestBytes(data, rerr))
-	}
-	return f, err
-}
-
-// IsDir notes whether path is a directory.
-func (r *recordingFS) IsDir(path string) bool {
-	ok := r.FileSystem.IsDir(path)
-	r.note(opDir, path, strconv.FormatBool(ok))
-	return ok
-}
-
-// Exists notes whether path exists.
-func (r *recordingFS) Exists(path string) bool {
-	ok := r.FileSystem.Exists(path)
-	r.note(opHas, path, strconv.FormatBool(ok))
-	return ok
-}
-
-// ReadDir notes the directory's entries.
-func (r *recordingFS) ReadDir(path string) ([]string, error) {
-	names, err := r.FileSystem.ReadDir(path)
-	r.note(opList, path, digestList(names, err))
-	return names, err
-}
-
-// CleanedAbs notes how the path splits into directory and file.
-func (r *recordingFS) CleanedAbs(path string) (filesys.ConfirmedDir, string, error) {
-	d, f, err := r.FileSystem.CleanedAbs(path)
-	r.note(opAbs, path, digestList([]string{string(d), f}, err))
-	return d, f, err
-}
-
-// Glob notes the matches.
-func (r *recordingFS) Glob(pattern string) ([]string, error) {
-	names, err := r.FileSystem.Glob(pattern)
-	r.note(opGlob, pattern, digestList(names, err))
-	return names, err
-}
-
-// Walk notes every path visited.
-func (r *recordingFS) Walk(path string, walkFn filepath.WalkFunc) error {
-	var seen []string
-	err := r.FileSystem.Walk(path, func(p string, info os.FileInfo, err error) error {
-		seen = append(seen, p)
-		return walkFn(p, info, err)
-	})
-	r.note(opWalk, path, digestList(seen, err))
-	return err
-}
-
 // replay repeats the recorded looks on another snapshot's filesystem and reports whether each
 // sees what it saw before.
 func replay(ops []fsOp, fsys filesys.FileSystem) bool {
@@ -132,7 +47,7 @@ func replay(ops []fsOp, fsys filesys.FileSystem) bool {
 	return true
 }
 
-// observe repeats one look. It digests results exactly as recordingFS does.
+// observe repeats one look. It digests results exactly as renderFS does.
 func observe(fsys filesys.FileSystem, kind opKind, arg string) string {
 	switch kind {
 	case opRead:

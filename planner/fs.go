@@ -1,10 +1,12 @@
 package planner
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 
@@ -31,6 +33,9 @@ type Repo struct {
 	once   sync.Once
 	mem    filesys.FileSystem
 	memErr error
+	// setsSchema is whether a kustomization may set kustomize's OpenAPI schema (it mentions
+	// `openapi`): its builds cannot run at the same time as others.
+	setsSchema bool
 }
 
 // NewRepo wraps a filesystem rooted at the repository root (or at the configured path inside
@@ -180,6 +185,9 @@ func (r *Repo) copyTree(mem filesys.FileSystem, src, dst string, depth int) erro
 		data, err := fs.ReadFile(r.fsys, from)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", from, err)
+		}
+		if slices.Contains(kustomizationFiles, name) && bytes.Contains(data, []byte("openapi")) {
+			r.setsSchema = true
 		}
 		if err := mem.WriteFile(path.Join(repoRoot, to), data); err != nil {
 			return err

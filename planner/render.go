@@ -9,18 +9,22 @@ import (
 	"math"
 	"path"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/kustomize/api/filters/imagetag"
+	"sigs.k8s.io/kustomize/api/filters/labels"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/api/resmap"
 	"sigs.k8s.io/kustomize/api/resource"
 	"sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/kustomize/kyaml/openapi"
 	kyaml "sigs.k8s.io/kustomize/kyaml/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
 
@@ -31,12 +35,42 @@ import (
 // repoRoot, so it is never mistaken for the user's files.
 const scratchRoot = "/ebb"
 
-// kustomizeMu serialises kustomize runs: kustomize keeps process-wide state (its OpenAPI
-// schema) that concurrent builds would race on.
-var kustomizeMu sync.Mutex
+// kustomizeMu guards kustomize's process-wide OpenAPI schema (kyaml/openapi), the only state
+// its builds share. Once parsed, builds only read it, and run at once under the read lock. A
+// kustomization's `openapi` field changes it and marks it to be parsed again, lazily, while
+// other builds read it unlocked: builds that may set it hold the write lock.
+var (
+	kustomizeMu sync.RWMutex
+	parseSchema sync.Once
+)
+
+// lockKustomize locks for one build, exclusively when the build may set the schema, and
+// returns the unlock.
+func lockKustomize(setsSchema bool) (unlock func()) {
+	if !setsSchema {
+		// Parse the default schema before any builds run at once: kustomize parses it on
+		// first use, while other builds may read it unlocked.
+		parseSchema.Do(func() {
+			kustomizeMu.Lock()
+			defer kustomizeMu.Unlock()
+			openapi.Schema()
+		})
+		kustomizeMu.RLock()
+		return kustomizeMu.RUnlock
+	}
+	kustomizeMu.Lock()
+	return func() {
+		// Put the default schema back, parsed: kustomize would keep this build's for the
+		// builds after it that set none, and parse it lazily while they read it.
+		openapi.ResetOpenAPI()
+		openapi.Schema()
+		kustomizeMu.Unlock()
+	}
+}
 
 // Renderer renders stages into releases and remembers, per pipeline stage, the inputs of the
-// last render: a stage whose inputs did not change is not rendered again.
+// last render: a stage whose inputs did not change is not rendered again. Its methods may be
+// called from several goroutines at once.
 type Renderer struct {
 	opts Options
 
@@ -111,51 +145,79 @@ func (r *Renderer) Render(repo *Repo, p *Pipeline, stage string) (*Release, erro
 	return rel, nil
 }
 
-// RenderAll renders every stage of every pipeline and returns the releases that rendered. A
-// stage that fails does not stop the others; its error is located at the field that set its
-// manifests, and all of them are returned as a strictyaml.ErrorList.
+// RenderAll renders every stage of every pipeline, as many at once as there are CPUs, and
+// returns the releases that rendered, in pipeline and stage order. A stage that fails does
+// not stop the others; its error is located at the field that set its manifests, and all of
+// them are returned as a strictyaml.ErrorList.
 func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, error) {
-	var (
-		releases []*Release
-		errs     strictyaml.ErrorList
-	)
+	type job struct {
+		p     *Pipeline
+		stage int
+	}
+	var jobs []job
 	for _, p := range pipelines {
-		for i, s := range p.Spec.Stages {
-			rel, err := r.Render(repo, p, s.Name)
-			if err != nil {
-				errs = append(errs, p.errorAt(p.manifestsField(i), "%v", err))
-				continue
-			}
-			releases = append(releases, rel)
+		for i := range p.Spec.Stages {
+			jobs = append(jobs, job{p, i})
 		}
 	}
+	releases := make([]*Release, len(jobs))
+	failures := make([]error, len(jobs))
+	forEach(len(jobs), runtime.GOMAXPROCS(0), func(i int) {
+		j := jobs[i]
+		releases[i], failures[i] = r.Render(repo, j.p, j.p.Spec.Stages[j.stage].Name)
+	})
+	var errs strictyaml.ErrorList
+	rendered := releases[:0]
+	for i, rel := range releases {
+		if failures[i] != nil {
+			errs = append(errs, jobs[i].p.errorAt(jobs[i].p.manifestsField(jobs[i].stage), "%v", failures[i]))
+			continue
+		}
+		rendered = append(rendered, rel)
+	}
 	errs.Sort()
-	return releases, errs.Err()
+	return rendered, errs.Err()
+}
+
+// forEach calls fn(0) … fn(n-1) on up to workers goroutines and returns when all are done.
+func forEach(n, workers int, fn func(i int)) {
+	workers = min(workers, n)
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // render returns the cached release when its inputs are unchanged, and builds it otherwise.
+// Renders of a snapshot may run at once: each has its own view of the shared files.
 func (r *Renderer) render(repo *Repo, params renderParams) (*Release, error) {
 	mem, err := repo.memFS()
 	if err != nil {
 		return nil, err
 	}
 	cacheKey, paramsKey := params.Pipeline+"/"+params.Stage, params.key()
-	// The scratch kustomization is written into the snapshot's shared filesystem, so reading
-	// it (for the cache) and building are done one at a time.
-	kustomizeMu.Lock()
-	defer kustomizeMu.Unlock()
 	if rel := r.cached(cacheKey, paramsKey, mem); rel != nil {
 		return rel, nil
 	}
-	rec := newRecordingFS(mem, scratchRoot+"/")
-	rel, err := build(rec, params)
+	fsys := newRenderFS(mem)
+	unlock := lockKustomize(repo.setsSchema || r.opts.AllowRemoteBases)
+	rel, err := build(fsys, params)
+	unlock()
 	if err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.stats.Rendered++
-	r.cache[cacheKey] = &cacheEntry{params: paramsKey, ops: rec.ops, release: rel}
+	r.cache[cacheKey] = &cacheEntry{params: paramsKey, ops: fsys.ops, release: rel}
 	return rel, nil
 }
 
@@ -176,7 +238,7 @@ func (r *Renderer) cached(cacheKey, paramsKey string, mem filesys.FileSystem) *R
 // build runs the named steps of a render: kustomize with the stage's namespace and labels,
 // the image injected into the service's Deployment, values substituted, objects ordered and
 // hashed.
-func build(fsys *recordingFS, params renderParams) (*Release, error) {
+func build(fsys *renderFS, params renderParams) (*Release, error) {
 	m, err := runKustomize(fsys, params)
 	if err != nil {
 		return nil, err
@@ -208,11 +270,17 @@ func build(fsys *recordingFS, params renderParams) (*Release, error) {
 }
 
 // runKustomize builds the stage's manifests with the stage's namespace and ebb's labels,
-// with kustomize's own semantics. A kustomization gets the two fields added to its own file
-// for the build (in the in-memory copy; a wrapping kustomization would cost a third more
-// time). A directory without kustomization is a plain YAML directory: ebb writes one that
-// lists its YAML files.
-func runKustomize(fsys *recordingFS, params renderParams) (resmap.ResMap, error) {
+// with kustomize's own semantics. A kustomization gets the namespace added to its own file
+// for the build (a stand-in; a wrapping kustomization would cost a third more time). A
+// directory without kustomization is a plain YAML directory: ebb writes one that lists its
+// YAML files.
+//
+// The labels are set after the build, by kustomize's own label filter with the field spec
+// its `labels` field uses when selectors and templates are left out: metadata only, as
+// selectors are immutable. Set through the kustomization, they cost a third of the build,
+// as kustomize then also configures a commonLabels transformer with every selector field
+// it knows, and encodes and decodes that configuration for each build.
+func runKustomize(fsys *renderFS, params renderParams) (resmap.ResMap, error) {
 	src := path.Join(repoRoot, params.Manifests)
 	resources, plain, err := stageResources(fsys, src)
 	if err != nil {
@@ -228,64 +296,55 @@ func runKustomize(fsys *recordingFS, params renderParams) (resmap.ResMap, error)
 		// The files of a plain directory sit beside, not below, the wrapping kustomization.
 		// The filesystem holds nothing but the repository, so this reaches nothing more.
 		opts.LoadRestrictions = types.LoadRestrictionsNone
-	} else {
-		restore, err := standIn(fsys, resources[0], params)
-		if err != nil {
-			return nil, err
-		}
-		defer restore()
+	} else if err := standIn(fsys, resources[0], params); err != nil {
+		return nil, err
 	}
 	m, err := krusty.MakeKustomizer(opts).Run(fsys, dir)
 	if err != nil {
 		return nil, fmt.Errorf("kustomize %s: %w", params.Manifests, cleanKustomizeError(err))
 	}
+	if err := m.ApplyFilter(labels.Filter{
+		Labels:  map[string]string{LabelPipeline: params.Pipeline, LabelStage: params.Stage},
+		FsSlice: types.FsSlice{{Path: "metadata/labels", CreateIfNotPresent: true}},
+	}); err != nil {
+		return nil, fmt.Errorf("label objects: %w", err)
+	}
 	return m, nil
 }
 
-func writeScratch(fsys *recordingFS, dir string, kustomization []byte) error {
+func writeScratch(fsys *renderFS, dir string, kustomization []byte) error {
 	if err := fsys.MkdirAll(dir); err != nil {
 		return err
 	}
 	return fsys.WriteFile(path.Join(dir, "kustomization.yaml"), kustomization)
 }
 
-// standIn replaces a kustomization file, for one build, with a copy that also sets the
-// stage's namespace and adds ebb's labels. Its original content is what the cache notes.
-func standIn(fsys *recordingFS, file string, params renderParams) (func(), error) {
+// standIn replaces a kustomization file, for this render, with a copy that also sets the
+// stage's namespace. Its original content is what the cache notes.
+func standIn(fsys *renderFS, file string, params renderParams) error {
 	original, err := fsys.ReadFile(file)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var k map[string]any
 	if err := sigsyaml.Unmarshal(original, &k); err != nil {
-		return nil, fmt.Errorf("kustomize %s: read %s: %w", params.Manifests, strings.TrimPrefix(file, repoRoot+"/"), err)
+		return fmt.Errorf("kustomize %s: read %s: %w", params.Manifests, strings.TrimPrefix(file, repoRoot+"/"), err)
 	}
 	if k == nil {
 		k = map[string]any{}
 	}
 	k["namespace"] = params.Namespace
-	labels, _ := k["labels"].([]any)
-	k["labels"] = append(labels, map[string]any{
-		"includeSelectors": false,
-		"pairs":            map[string]any{LabelPipeline: params.Pipeline, LabelStage: params.Stage},
-	})
 	changed, err := sigsyaml.Marshal(k)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	fsys.hidden = file
-	if err := fsys.FileSystem.WriteFile(file, changed); err != nil {
-		return nil, err
-	}
-	return func() {
-		_ = fsys.FileSystem.WriteFile(file, original)
-		fsys.hidden = ""
-	}, nil
+	fsys.standIn(file, changed)
+	return nil
 }
 
 // stageResources returns the kustomization file of the manifests directory, or else, for a
 // plain directory, the YAML files in it (ebb's own files left out).
-func stageResources(fsys *recordingFS, src string) ([]string, bool, error) {
+func stageResources(fsys *renderFS, src string) ([]string, bool, error) {
 	for _, name := range kustomizationFiles {
 		if file := path.Join(src, name); fsys.Exists(file) {
 			return []string{file}, false, nil
@@ -318,8 +377,8 @@ func stageResources(fsys *recordingFS, src string) ([]string, bool, error) {
 	return files, true, nil
 }
 
-// wrapperKustomization sets the stage's namespace and ebb's labels on the manifests, with
-// kustomize's own semantics. The labels go on metadata only: selectors are immutable.
+// wrapperKustomization lists a plain directory's files and sets the stage's namespace on
+// them, with kustomize's own semantics.
 func wrapperKustomization(dir string, resources []string, params renderParams) []byte {
 	var b strings.Builder
 	b.WriteString("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n")
@@ -329,8 +388,6 @@ func wrapperKustomization(dir string, resources []string, params renderParams) [
 		rel := strings.Repeat("../", strings.Count(strings.TrimPrefix(dir, "/"), "/")+1) + strings.TrimPrefix(r, "/")
 		fmt.Fprintf(&b, "- %q\n", rel)
 	}
-	fmt.Fprintf(&b, "labels:\n- includeSelectors: false\n  pairs:\n    %s: %q\n    %s: %q\n",
-		LabelPipeline, params.Pipeline, LabelStage, params.Stage)
 	return []byte(b.String())
 }
 

@@ -1,9 +1,11 @@
 package planner
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -277,4 +279,100 @@ func TestNodeValueMatchesJSON(t *testing.T) {
 			assert.Equal(t, want.Object, got)
 		})
 	}
+}
+
+// TestRenderConcurrent renders the examples and the real-world repositories many times at
+// once, as RenderAll does and as callers of Render may, and checks that every release is the
+// one a render on its own gives and that no render changed the shared snapshot. Under -race
+// it checks that renders share no state unguarded, ebb's or kustomize's: the openapi
+// repository sets kustomize's process-wide schema while other renders read it (without
+// kustomizeMu's write lock, the race detector reports it in most runs).
+func TestRenderConcurrent(t *testing.T) {
+	dirs := []string{
+		"../examples/rolling-upgrade", "../examples/blue-green", "../examples/from-yaml",
+		"testdata/argocd-example-apps", "testdata/repos/plain", "testdata/repos/hash-a",
+		"testdata/repos/openapi",
+	}
+	alone := map[string]map[string]string{}
+	for _, dir := range dirs {
+		repo := NewRepo(os.DirFS(dir))
+		pipelines, err := Load(repo, testClusters)
+		require.NoError(t, err)
+		hashes := map[string]string{}
+		for _, p := range pipelines {
+			for _, s := range p.Spec.Stages {
+				rel, err := NewRenderer(testClusters).Render(repo, p, s.Name)
+				require.NoError(t, err)
+				hashes[p.Metadata.Name+"/"+s.Name] = rel.Hash
+			}
+		}
+		alone[dir] = hashes
+	}
+
+	var wg sync.WaitGroup
+	schemaRepo, schemaPipeline := loadOne(t, "testdata/repos/openapi", "schema")
+	for range 4 {
+		wg.Go(func() {
+			for range 5 {
+				rel, err := NewRenderer(testClusters).Render(schemaRepo, schemaPipeline, "dev")
+				if assert.NoError(t, err) {
+					assert.Equal(t, alone["testdata/repos/openapi"]["schema/dev"], rel.Hash)
+				}
+			}
+		})
+	}
+	for range 3 {
+		for _, dir := range dirs {
+			wg.Go(func() {
+				repo := NewRepo(os.DirFS(dir))
+				pipelines, err := Load(repo, testClusters)
+				if !assert.NoError(t, err) {
+					return
+				}
+				releases, err := NewRenderer(testClusters).RenderAll(repo, pipelines)
+				if !assert.NoError(t, err) {
+					return
+				}
+				hashes := map[string]string{}
+				for _, rel := range releases {
+					hashes[rel.Pipeline+"/"+rel.Stage] = rel.Hash
+				}
+				assert.Equal(t, alone[dir], hashes, dir)
+				assertSnapshotUnchanged(t, repo, dir)
+			})
+		}
+	}
+	wg.Wait()
+
+	rel, err := NewRenderer(testClusters).Render(schemaRepo, schemaPipeline, "dev")
+	require.NoError(t, err)
+	containers, _, _ := unstructured.NestedSlice(findObject(rel.Objects, "Deployment", "web").Object, "spec", "template", "spec", "containers")
+	require.Len(t, containers, 2, "the patch merged into the containers by name, as the schema says")
+	assert.Equal(t, []any{map[string]any{"name": "MODE", "value": "patched"}, map[string]any{"name": "PORT", "value": "80"}},
+		containers[0].(map[string]any)["env"])
+}
+
+// assertSnapshotUnchanged checks that the snapshot's in-memory copy still holds the
+// repository's files as they are on disk, and nothing of the renders' own.
+func assertSnapshotUnchanged(t *testing.T, repo *Repo, dir string) {
+	t.Helper()
+	mem, err := repo.memFS()
+	require.NoError(t, err)
+	assert.False(t, mem.Exists(scratchRoot), "a render wrote into the snapshot")
+	err = mem.Walk(repoRoot, func(p string, info fs.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		want, err := os.ReadFile(filepath.Join(dir, strings.TrimPrefix(p, repoRoot+"/")))
+		if err != nil {
+			return err
+		}
+		got, err := mem.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		assert.Equal(t, string(want), string(got), "%s changed", p)
+		return nil
+	})
+	assert.NoError(t, err)
 }
