@@ -108,11 +108,8 @@ func (h HealthCheck) Run(ctx context.Context, client *http.Client) error {
 }
 
 func (h HealthCheck) probe(ctx context.Context, client *http.Client) (bool, string) {
-	timeout := h.Interval
-	if timeout <= 0 || timeout > 10*time.Second {
-		timeout = 10 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	// One answer may take up to 5s, however short the interval between probes.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
 	if err != nil {
