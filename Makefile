@@ -33,11 +33,13 @@ test: testbin prometheus
 
 ## cluster: start the dev and prod clusters in the foreground; kubeconfigs in .cache/cluster
 cluster: testbin
-	$(GO) run ./internal/cmd/devcluster --dir .cache/cluster
+	@$(GO) build -o bin/devcluster ./internal/cmd/devcluster
+	@bin/devcluster --dir .cache/cluster
 
 ## demo: ebb's main job on the embedded local clusters (see internal/cmd/demo)
 demo: testbin build
-	$(GO) run ./internal/cmd/demo --dir .cache/demo --ebb bin/ebb
+	@$(GO) build -o bin/demo ./internal/cmd/demo
+	@bin/demo --dir .cache/demo --ebb bin/ebb
 
 vet:
 	$(GO) vet ./...

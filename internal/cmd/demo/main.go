@@ -68,6 +68,7 @@ func run() int {
 	if !*exit {
 		fmt.Println("\nPress Ctrl-C to stop the daemon and both clusters.")
 		<-ctx.Done()
+		fmt.Println("\nstopping the daemon and both clusters")
 	}
 	return 0
 }
