@@ -245,8 +245,8 @@ func (d *Daemon) resync(ctx context.Context) {
 	}
 }
 
-// plan loads and renders the enabled pipelines of snap. A pipeline with an error is logged
-// with its location and skipped; the others go on.
+// plan loads and renders the enabled pipelines of snap, using both cores. A pipeline with an
+// error is logged with its location and skipped; the others go on.
 func (d *Daemon) plan(snap *gitsource.Snapshot) []*reconciler.Target {
 	log := d.log.With("commit", snap.ShortCommit())
 	repo := planner.NewRepo(snap.FS)
@@ -254,37 +254,47 @@ func (d *Daemon) plan(snap *gitsource.Snapshot) []*reconciler.Target {
 	if err != nil {
 		log.Error("pipelines with errors are skipped", "err", err)
 	}
-	var targets []*reconciler.Target
+	var enabled []*planner.Pipeline
 	for _, p := range pipelines {
-		if !p.Spec.Enabled {
+		if p.Spec.Enabled {
+			enabled = append(enabled, p)
+		} else {
 			log.Debug("pipeline is not enabled; planned only", "pipeline", p.Metadata.Name)
-			continue
 		}
-		t, err := d.target(repo, p, snap)
-		if err != nil {
-			log.Error("pipeline skipped", "pipeline", p.Metadata.Name, "err", err)
-			continue
+	}
+	releases, err := d.renderer.RenderAll(repo, enabled)
+	if err != nil {
+		log.Error("pipelines whose stages do not render are skipped", "err", err)
+	}
+	byStage := map[string]*planner.Release{}
+	for _, rel := range releases {
+		byStage[rel.Pipeline+"/"+rel.Stage] = rel
+	}
+	var targets []*reconciler.Target
+	for _, p := range enabled {
+		if t := target(p, snap, byStage); t != nil {
+			targets = append(targets, t)
 		}
-		targets = append(targets, t)
 	}
 	return targets
 }
 
-// target renders every stage of p.
-func (d *Daemon) target(repo *planner.Repo, p *planner.Pipeline, snap *gitsource.Snapshot) (*reconciler.Target, error) {
+// target assembles p's target from its stages' releases, or returns nil when a stage did not
+// render.
+func target(p *planner.Pipeline, snap *gitsource.Snapshot, releases map[string]*planner.Release) *reconciler.Target {
 	t := &reconciler.Target{Pipeline: p, Commit: reconciler.Commit{SHA: snap.Commit, Message: snap.Message}}
 	for i := range p.Spec.Stages {
 		s := &p.Spec.Stages[i]
-		rel, err := d.renderer.Render(repo, p, s.Name)
-		if err != nil {
-			return nil, err
+		rel := releases[p.Metadata.Name+"/"+s.Name]
+		if rel == nil {
+			return nil
 		}
 		t.Stages = append(t.Stages, reconciler.Desired{
 			Stage: s, Hash: rel.Hash, Namespace: rel.Namespace, Deployment: rel.Deployment, Service: rel.Service,
 			Images: rel.Images, Objects: rel.Objects,
 		})
 	}
-	return t, nil
+	return t
 }
 
 // renderAt renders one pipeline at an older commit, for rollbacks and resumed executions.
@@ -294,14 +304,23 @@ func (d *Daemon) renderAt(ctx context.Context, commit, pipeline string) (*reconc
 		return nil, err
 	}
 	repo := planner.NewRepo(snap.FS)
-	pipelines, err := planner.Load(repo, plannerOptions(d.opts.Config))
+	pipelines, loadErr := planner.Load(repo, plannerOptions(d.opts.Config))
 	for _, p := range pipelines {
-		if p.Metadata.Name == pipeline {
-			return d.target(repo, p, snap)
+		if p.Metadata.Name != pipeline {
+			continue
 		}
+		releases, err := d.renderer.RenderAll(repo, []*planner.Pipeline{p})
+		if err != nil {
+			return nil, fmt.Errorf("render pipeline %q at commit %s: %w", pipeline, commit, err)
+		}
+		byStage := map[string]*planner.Release{}
+		for _, rel := range releases {
+			byStage[rel.Pipeline+"/"+rel.Stage] = rel
+		}
+		return target(p, snap, byStage), nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("pipeline %q at commit %s: %w", pipeline, commit, err)
+	if loadErr != nil {
+		return nil, fmt.Errorf("pipeline %q at commit %s: %w", pipeline, commit, loadErr)
 	}
 	return nil, fmt.Errorf("commit %s has no pipeline %q", commit, pipeline)
 }
