@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -362,13 +361,14 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 		// One commit never runs twice, also across restarts, unless its execution failed
 		// because of the cluster: then it is tried again after a back-off.
+		comment := ""
 		if x == nil {
 			retry, err := r.retryOf(ctx, t)
 			if err != nil || retry == nil {
 				return err
 			}
 			if retry.Name != "" {
-				d.reason = "retry of " + retry.Spec.DisplayName + ", which failed because of the cluster"
+				comment = "retry of " + retry.Spec.DisplayName + ", which failed because of the cluster"
 				log.Info("retrying a commit whose execution failed because of the cluster", "previous", retry.Spec.DisplayName)
 			}
 			x = &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
@@ -379,10 +379,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			}
 			x = created
 		}
-		x.Status.Comment = ""
-		if strings.HasPrefix(d.reason, "retry of ") {
-			x.Status.Comment = d.reason
-		}
+		x.Status.Comment = comment
 	}
 	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName)}
 	if err := rr.deploy(ctx, t, d); err != nil {
