@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 )
 
@@ -139,6 +140,38 @@ func (s *Store) ListExecutions(ctx context.Context, pipeline string) ([]Executio
 		return out[i].Name < out[j].Name
 	})
 	return out, nil
+}
+
+// WatchExecutions calls fn with the executions of pipeline as they are now, then with each
+// change, in order, until fn returns true or ctx ends. Unlike polling, it sees every status an
+// execution passes through, however briefly.
+func (s *Store) WatchExecutions(ctx context.Context, pipeline string, fn func(*Execution) bool) error {
+	w, err := s.executions().Watch(ctx, metav1.ListOptions{LabelSelector: labels.Set{LabelPipeline: labelValue(pipeline)}.String()})
+	if err != nil {
+		return fmt.Errorf("watch executions of pipeline %q: %w", pipeline, err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return fmt.Errorf("watch executions of pipeline %q: the API server closed the watch", pipeline)
+			}
+			u, isObject := ev.Object.(*unstructured.Unstructured)
+			if !isObject || ev.Type == watch.Deleted {
+				continue
+			}
+			x, err := executionFrom(u)
+			if err != nil {
+				return err
+			}
+			if fn(x) {
+				return nil
+			}
+		}
+	}
 }
 
 // Ledger reads the ledger of a stage, or returns a new, unsaved one.

@@ -76,7 +76,7 @@ func TestStagesOnOtherClusters(t *testing.T) {
 	assert.Contains(t, stages["far"].Message, "reach-far")
 	assert.Contains(t, stages["far"].Message, "connection refused")
 
-	assert.Empty(t, d.lines("forbidden"), "the chart's RBAC and the targets' must allow every request")
+	assert.Empty(t, d.Lines("forbidden"), "the chart's RBAC and the targets' must allow every request")
 }
 
 // prepareTarget gives cluster c what docs/install.md asks of a target cluster: the namespace

@@ -1,18 +1,13 @@
 package charttest
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/gitserver"
 	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/reconciler"
@@ -104,12 +100,9 @@ func serviceAccountConfig(c *testcluster.Cluster, ns, name string) *rest.Config 
 // its pod would be: the mounted ConfigMap and Secrets become local files, and its cluster
 // credentials are those of the chart's ServiceAccount.
 type daemon struct {
+	*daemontest.Daemon
 	t    *testing.T
-	cmd  *exec.Cmd
 	addr string
-	mu   sync.Mutex
-	logs []string
-	done chan struct{}
 }
 
 // startDaemon runs the release's daemon out of cluster, impersonating its ServiceAccount.
@@ -163,50 +156,10 @@ func (in *install) startDaemon() *daemon {
 	require.NoError(t, testcluster.WriteKubeconfig(kubeconfig, "dev", serviceAccountConfig(dev, in.namespace, pod.ServiceAccountName)))
 	args = append(args, "--kubeconfig", kubeconfig, "--log-level=debug")
 
-	d := &daemon{t: t, addr: fmt.Sprintf("127.0.0.1:%d", port), done: make(chan struct{})}
-	d.cmd = exec.Command(ebbBin, args...)
-	d.cmd.Env = append(os.Environ(), "POD_NAMESPACE="+in.namespace)
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stderr, err := d.cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, d.cmd.Start())
-	go d.read(stderr)
-	t.Cleanup(func() {
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		<-d.done
-		_ = d.cmd.Wait()
-		if t.Failed() {
-			d.mu.Lock()
-			from := max(0, len(d.logs)-80)
-			t.Logf("daemon log (last lines):\n%s", strings.Join(d.logs[from:], "\n"))
-			d.mu.Unlock()
-		}
-	})
-	return d
-}
-
-func (d *daemon) read(r io.Reader) {
-	defer close(d.done)
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		d.mu.Lock()
-		d.logs = append(d.logs, sc.Text())
-		d.mu.Unlock()
+	return &daemon{
+		Daemon: daemontest.Start(t, ebbBin, []string{"POD_NAMESPACE=" + in.namespace}, args...),
+		t:      t, addr: fmt.Sprintf("127.0.0.1:%d", port),
 	}
-}
-
-// lines returns the log lines that contain s, case-insensitively.
-func (d *daemon) lines(s string) []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var out []string
-	for _, l := range d.logs {
-		if strings.Contains(strings.ToLower(l), strings.ToLower(s)) {
-			out = append(out, l)
-		}
-	}
-	return out
 }
 
 // hook POSTs a GitLab push webhook with token and returns the status code.
@@ -240,28 +193,7 @@ func (in *install) commit(d *daemon, message string, files map[string]string) st
 // waitExecution waits for the Deploy execution of pipeline at commit to reach status.
 func (in *install) waitExecution(pipeline, commit string, status reconciler.Status) *reconciler.Execution {
 	in.t.Helper()
-	var last *reconciler.Execution
-	require.Eventually(in.t, func() bool {
-		list, err := in.store.ListExecutions(context.Background(), pipeline)
-		if err != nil {
-			return false
-		}
-		for i := range list {
-			if list[i].Spec.Kind == reconciler.KindDeploy && list[i].Spec.Commit == commit {
-				last = &list[i]
-				return list[i].Status.Phase == status
-			}
-		}
-		return false
-	}, 90*time.Second, 50*time.Millisecond, "execution of %s at %s never reached %s; last: %s", pipeline, commit[:7], status, describe(last))
-	return last
-}
-
-func describe(x *reconciler.Execution) string {
-	if x == nil {
-		return "none"
-	}
-	return fmt.Sprintf("%s %s stage=%s comment=%q", x.Spec.DisplayName, x.Status.Phase, x.Status.Stage, x.Status.Comment)
+	return daemontest.WaitExecution(in.t, in.store, pipeline, commit, status)
 }
 
 // pipelineFiles returns a pipeline deploying 3 replicas of image tag to each of stages

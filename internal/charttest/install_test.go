@@ -71,9 +71,9 @@ func TestInstallAndRollbackWithChartRBAC(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "ebb-pod-0", *lease.Spec.HolderIdentity)
 
-	assert.Empty(t, d.lines("forbidden"), "the chart's RBAC must allow every request the daemon makes")
+	assert.Empty(t, d.Lines("forbidden"), "the chart's RBAC must allow every request the daemon makes")
 	for _, secret := range []string{gitPassword, hookSecret} {
-		assert.Empty(t, d.lines(secret), "a secret reached the log")
+		assert.Empty(t, d.Lines(secret), "a secret reached the log")
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/testcluster"
 )
 
@@ -48,10 +49,8 @@ func testMain(m *testing.M) int {
 		helmEnv = append(helmEnv, v+"="+filepath.Join(tmp, strings.ToLower(v)))
 	}
 	ebbBin = filepath.Join(tmp, "ebb")
-	build := exec.Command("go", "build", "-o", ebbBin, "./cmd/ebb")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return fail(fmt.Errorf("build ./cmd/ebb: %w\n%s", err, out))
+	if err := daemontest.Build(root, ebbBin); err != nil {
+		return fail(err)
 	}
 	ctx := context.Background()
 	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev"}); err != nil {

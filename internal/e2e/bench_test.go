@@ -112,8 +112,8 @@ func BenchmarkRollback(b *testing.B) {
 		parent := e.waitExecution(bad, reconciler.RollbackCompleted)
 		done := <-doneAt
 
-		failed := logTime(b, d.waitLog(10*time.Second, "msg", "task failed", "execution", parent.Spec.DisplayName, "task", reconciler.TaskVerifyDeployment))
-		apply := logTime(b, d.waitLog(10*time.Second, "msg", "task started", "parent", parent.Spec.DisplayName, "task", reconciler.TaskUpdateDeployment))
+		failed := logTime(b, d.WaitLog(10*time.Second, "msg", "task failed", "execution", parent.Spec.DisplayName, "task", reconciler.TaskVerifyDeployment))
+		apply := logTime(b, d.WaitLog(10*time.Second, "msg", "task started", "parent", parent.Spec.DisplayName, "task", reconciler.TaskUpdateDeployment))
 		toApply = append(toApply, apply.Sub(failed))
 		toDone = append(toDone, done.Sub(failed))
 	}
@@ -192,7 +192,7 @@ func BenchmarkIdle200Pipelines(b *testing.B) {
 	// outlive their last rollout by 30s).
 	time.Sleep(40 * time.Second)
 
-	pid := d.cmd.Process.Pid
+	pid := d.Pid()
 	// Writes are counted apart for the leader Lease, which the leader renews every 2s by design.
 	metrics := func() (polls, writes, leases float64) {
 		m := scrape(b, d.port)

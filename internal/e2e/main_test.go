@@ -4,28 +4,23 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/gitserver"
 	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/reconciler"
@@ -53,13 +48,15 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(bin)
 	ebbBin, demoBin = filepath.Join(bin, "ebb"), filepath.Join(bin, "demo")
-	for out, pkg := range map[string]string{ebbBin: "./cmd/ebb", demoBin: "./internal/cmd/demo"} {
-		build := exec.Command("go", "build", "-o", out, pkg)
-		build.Dir = moduleRoot
-		if b, err := build.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
-			return 1
-		}
+	if err := daemontest.Build(moduleRoot, ebbBin); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	build := exec.Command("go", "build", "-o", demoBin, "./internal/cmd/demo")
+	build.Dir = moduleRoot
+	if b, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build the demo: %v\n%s", err, b)
+		return 1
 	}
 	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev"}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -236,15 +233,10 @@ func (e *env) push() {
 	}
 }
 
-// daemon is one `ebb run` process, with its JSON log lines kept for the test to read.
+// daemon is one `ebb run` process for an env, serving on port.
 type daemon struct {
-	t    testing.TB
-	cmd  *exec.Cmd
+	*daemontest.Daemon
 	port int
-	mu   sync.Mutex
-	logs []map[string]any
-	raw  []string
-	done chan struct{}
 }
 
 // startDaemon runs `ebb run` for e, with extra flags.
@@ -258,140 +250,13 @@ func (e *env) startDaemon(extra ...string) *daemon {
 		"--interval", "1s", "--resync", "2s", "--log-level", "debug",
 		"--cache-dir", filepath.Join(e.dir, "cache"),
 	}, extra...)
-	d := &daemon{t: e.t, port: port, done: make(chan struct{})}
-	d.cmd = exec.Command(ebbBin, args...)
-	d.cmd.Env = append(os.Environ(), e.daemonEnv...)
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stderr, err := d.cmd.StderrPipe()
-	require.NoError(e.t, err)
-	require.NoError(e.t, d.cmd.Start())
-	go d.read(stderr)
-	e.t.Cleanup(func() {
-		d.kill()
-		if e.t.Failed() {
-			d.mu.Lock()
-			n := len(d.raw)
-			from := max(0, n-60)
-			e.t.Logf("daemon log (last %d lines):\n%s", n-from, strings.Join(d.raw[from:], "\n"))
-			d.mu.Unlock()
-		}
-	})
-	return d
-}
-
-func (d *daemon) read(r io.Reader) {
-	defer close(d.done)
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		var m map[string]any
-		_ = json.Unmarshal([]byte(line), &m)
-		d.mu.Lock()
-		d.raw = append(d.raw, line)
-		if m != nil {
-			d.logs = append(d.logs, m)
-		}
-		d.mu.Unlock()
-	}
-}
-
-// waitLog waits for a log line with every given key=value, and returns it.
-func (d *daemon) waitLog(timeout time.Duration, kv ...string) map[string]any {
-	d.t.Helper()
-	var found map[string]any
-	require.Eventually(d.t, func() bool {
-		found = d.findLog(kv...)
-		return found != nil
-	}, timeout, 5*time.Millisecond, "no daemon log line with %v", kv)
-	return found
-}
-
-func (d *daemon) findLog(kv ...string) map[string]any {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, m := range d.logs {
-		match := true
-		for i := 0; i+1 < len(kv); i += 2 {
-			if fmt.Sprint(m[kv[i]]) != kv[i+1] {
-				match = false
-				break
-			}
-		}
-		if match {
-			return m
-		}
-	}
-	return nil
-}
-
-func (d *daemon) countLogs(kv ...string) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	n := 0
-	for _, m := range d.logs {
-		match := true
-		for i := 0; i+1 < len(kv); i += 2 {
-			if fmt.Sprint(m[kv[i]]) != kv[i+1] {
-				match = false
-				break
-			}
-		}
-		if match {
-			n++
-		}
-	}
-	return n
-}
-
-// kill9 kills the daemon with SIGKILL, as a crash or an OOM kill would.
-func (d *daemon) kill() {
-	if d.cmd.Process == nil {
-		return
-	}
-	_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-	<-d.done
-	_ = d.cmd.Wait()
-}
-
-// terminate sends SIGTERM, as Kubernetes does, and waits for the daemon to exit.
-func (d *daemon) terminate() error {
-	_ = syscall.Kill(d.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(20 * time.Second):
-		return fmt.Errorf("daemon did not exit within 20s of SIGTERM")
-	}
-	return d.cmd.Wait()
+	return &daemon{Daemon: daemontest.Start(e.t, ebbBin, e.daemonEnv, args...), port: port}
 }
 
 // waitExecution waits for the Deploy execution of commit to reach status.
 func (e *env) waitExecution(commit string, status reconciler.Status) *reconciler.Execution {
 	e.t.Helper()
-	var last *reconciler.Execution
-	var seen []string
-	ok := assert.Eventually(e.t, func() bool {
-		list, err := e.store.ListExecutions(context.Background(), e.name)
-		if err != nil {
-			seen = []string{err.Error()}
-			return false
-		}
-		seen = seen[:0]
-		for i := range list {
-			seen = append(seen, describe(&list[i])+" commit="+list[i].Spec.ShortCommit)
-			if list[i].Spec.Kind == reconciler.KindDeploy && list[i].Spec.Commit == commit {
-				last = &list[i]
-				if list[i].Status.Phase == status {
-					return true
-				}
-			}
-		}
-		return false
-	}, 90*time.Second, 20*time.Millisecond)
-	if !ok {
-		e.t.Fatalf("execution of %s never reached %s; last: %s; executions: %s", commit[:7], status, describe(last), strings.Join(seen, "; "))
-	}
-	return last
+	return daemontest.WaitExecution(e.t, e.store, e.name, commit, status)
 }
 
 // waitNamed waits for the execution with a display name to reach status.
@@ -425,12 +290,7 @@ func (e *env) image(cs kubernetes.Interface, stage string) string {
 
 func (e *env) imageOf(tag string) string { return "registry.example/" + e.name + ":" + tag }
 
-func describe(x *reconciler.Execution) string {
-	if x == nil {
-		return "none"
-	}
-	return fmt.Sprintf("%s %s stage=%s comment=%q", x.Spec.DisplayName, x.Status.Phase, x.Status.Stage, x.Status.Comment)
-}
+func describe(x *reconciler.Execution) string { return daemontest.Describe(x) }
 
 func freePort(t testing.TB) int {
 	t.Helper()

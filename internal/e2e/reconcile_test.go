@@ -66,10 +66,9 @@ func TestHealthCheckFailureRollsBack(t *testing.T) {
 	assert.Equal(t, e.imageOf("1.0"), e.image(e.devCS, "dev"))
 	assert.Equal(t, e.imageOf("1.0"), e.image(e.prodCS, "prod"), "prod never starts when dev failed")
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	require.NotEmpty(t, d.raw)
-	for _, line := range d.raw {
+	lines := d.Lines("")
+	require.NotEmpty(t, lines)
+	for _, line := range lines {
 		require.NotContains(t, line, password, "a credential reached the daemon's log")
 	}
 }
@@ -90,7 +89,7 @@ func TestFirstDeployFailsThenQuarantine(t *testing.T) {
 	unrelated, err := e.repo.Commit("docs: a README")
 	require.NoError(t, err)
 	e.push()
-	d.waitLog(30*time.Second, "msg", "nothing to run", "commit", unrelated[:7])
+	d.WaitLog(30*time.Second, "msg", "nothing to run", "commit", unrelated[:7])
 	assert.Len(t, e.executions(), 1, "the quarantined release was tried again")
 
 	fixed := e.release("1.1", "release 1.1")
@@ -113,7 +112,7 @@ func TestQuarantineAfterRollbackAndRevert(t *testing.T) {
 	require.NoError(t, e.repo.WriteFiles(map[string]string{"README.md": "docs only\n"}))
 	unrelated, err := e.repo.Commit("docs: a README")
 	require.NoError(t, err)
-	d.waitLog(30*time.Second, "msg", "nothing to run", "commit", unrelated[:7])
+	d.WaitLog(30*time.Second, "msg", "nothing to run", "commit", unrelated[:7])
 	assert.Len(t, e.executions(), 3)
 	assert.Equal(t, e.imageOf("1.0"), e.image(e.devCS, "dev"))
 
@@ -139,7 +138,7 @@ func TestDriftIsRestored(t *testing.T) {
 	require.NoError(t, err)
 
 	require.Eventually(t, func() bool { return e.image(e.devCS, "dev") == e.imageOf("1.0") }, 30*time.Second, 50*time.Millisecond)
-	d.waitLog(10*time.Second, "msg", "drift restored", "stage", "dev")
+	d.WaitLog(10*time.Second, "msg", "drift restored", "stage", "dev")
 	assert.Len(t, e.executions(), 1, "restoring drift is not an execution")
 }
 
@@ -165,8 +164,8 @@ func TestKill9(t *testing.T) {
 	for _, p := range points {
 		d := e.startDaemon()
 		sha := e.release(p.tag, "release "+p.tag)
-		d.waitLog(90*time.Second, append(p.kv, "commit", sha[:7])...)
-		d.kill()
+		d.WaitLog(90*time.Second, append(p.kv, "commit", sha[:7])...)
+		d.Kill()
 
 		restarted := e.startDaemon()
 		x := e.waitExecution(sha, p.final)
@@ -179,7 +178,7 @@ func TestKill9(t *testing.T) {
 		}
 		assert.Equal(t, 1, n, "%s: executions for commit %s", p.name, sha[:7])
 		assert.Equal(t, e.imageOf(p.image), e.image(e.devCS, "dev"), p.name)
-		restarted.kill() // one daemon at a time: the next point starts its own
+		restarted.Kill() // one daemon at a time: the next point starts its own
 	}
 
 	var rollbacks []string
@@ -197,8 +196,8 @@ func TestSIGTERMParksExecution(t *testing.T) {
 	e := newEnv(t, "term", envOptions{})
 	d := e.startDaemon()
 	sha := e.release("1.0", "release 1.0")
-	d.waitLog(60*time.Second, "msg", "task started", "stage", "dev", "task", reconciler.TaskVerifyDeployment, "commit", sha[:7])
-	require.NoError(t, d.terminate())
+	d.WaitLog(60*time.Second, "msg", "task started", "stage", "dev", "task", reconciler.TaskVerifyDeployment, "commit", sha[:7])
+	require.NoError(t, d.Terminate())
 
 	list := e.executions()
 	require.Len(t, list, 1)
@@ -215,18 +214,18 @@ func TestSIGTERMParksExecution(t *testing.T) {
 func TestTwoReplicasOnlyOneActs(t *testing.T) {
 	e := newEnv(t, "replicas", envOptions{})
 	a := e.startDaemon("--leader-elect=true", "--identity", "replica-a")
-	a.waitLog(30*time.Second, "msg", "leading", "identity", "replica-a")
+	a.WaitLog(30*time.Second, "msg", "leading", "identity", "replica-a")
 	b := e.startDaemon("--leader-elect=true", "--identity", "replica-b")
-	b.waitLog(30*time.Second, "msg", "following", "leader", "replica-a")
+	b.WaitLog(30*time.Second, "msg", "following", "leader", "replica-a")
 
 	sha := e.release("1.0", "release 1.0")
 	e.waitExecution(sha, reconciler.Completed)
 	assert.Len(t, e.executions(), 1)
-	assert.Zero(t, b.countLogs("msg", "task started"), "the follower acted")
-	assert.Zero(t, b.countLogs("msg", "leading"))
+	assert.Zero(t, b.CountLogs("msg", "task started"), "the follower acted")
+	assert.Zero(t, b.CountLogs("msg", "leading"))
 
-	a.kill()
-	b.waitLog(60*time.Second, "msg", "leading", "identity", "replica-b")
+	a.Kill()
+	b.WaitLog(60*time.Second, "msg", "leading", "identity", "replica-b")
 	next := e.release("1.1", "release 1.1")
 	e.waitExecution(next, reconciler.Completed)
 	assert.Len(t, e.executions(), 2)

@@ -233,39 +233,48 @@ func (d *demo) setTag(tag, message string) (string, error) {
 	return d.repo.Commit(message)
 }
 
-// waitFor waits for the Deploy execution of commit to reach status.
+// waitFor waits for the Deploy execution of commit to reach status, printing each status it
+// passes through.
 func (d *demo) waitFor(ctx context.Context, commit string, status reconciler.Status) (*reconciler.Execution, error) {
-	deadline := time.Now().Add(3 * time.Minute)
-	var last reconciler.Status
-	for time.Now().Before(deadline) {
-		if err := d.daemon.Exited(); err != nil {
-			return nil, err
-		}
-		list, err := d.store.ListExecutions(ctx, pipeline)
-		if err == nil {
-			for i := range list {
-				x := &list[i]
-				if x.Spec.Kind == reconciler.KindDeploy && x.Spec.Commit == commit {
-					if x.Status.Phase != last {
-						fmt.Printf("   %s: %s\n", x.Spec.DisplayName, x.Status.Phase)
-						last = x.Status.Phase
-					}
-					if x.Status.Phase == status {
-						return x, nil
-					}
-					if x.Status.Phase.Terminal() {
-						return nil, fmt.Errorf("%s ended %s, not %s: %s", x.Spec.DisplayName, x.Status.Phase, status, x.Status.Comment)
-					}
-				}
-			}
-		}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	go func() { // a daemon that dies ends the wait at once
 		select {
+		case <-d.daemon.Done():
+			cancel()
 		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
 		}
+	}()
+	var (
+		found  *reconciler.Execution
+		failed error
+		last   reconciler.Status
+	)
+	err := d.store.WatchExecutions(ctx, pipeline, func(x *reconciler.Execution) bool {
+		if x.Spec.Kind != reconciler.KindDeploy || x.Spec.Commit != commit || x.Status.Phase == last {
+			return false
+		}
+		last = x.Status.Phase
+		fmt.Printf("   %s: %s\n", x.Spec.DisplayName, x.Status.Phase)
+		switch {
+		case x.Status.Phase == status:
+			found = x
+		case x.Status.Phase.Terminal():
+			failed = fmt.Errorf("%s ended %s, not %s: %s", x.Spec.DisplayName, x.Status.Phase, status, x.Status.Comment)
+		}
+		return found != nil || failed != nil
+	})
+	switch {
+	case found != nil:
+		return found, nil
+	case failed != nil:
+		return nil, failed
+	case d.daemon.Exited() != nil:
+		return nil, d.daemon.Exited()
+	case err != nil && ctx.Err() == context.DeadlineExceeded:
+		return nil, fmt.Errorf("commit %s: no execution reached %s within 3 minutes", commit[:7], status)
 	}
-	return nil, fmt.Errorf("commit %s: no execution reached %s within 3 minutes", commit[:7], status)
+	return nil, err
 }
 
 // table prints the executions table with `ebb executions`, as a user would.
