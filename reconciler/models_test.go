@@ -292,6 +292,9 @@ func TestApprovals(t *testing.T) {
 		x := f.waitFor("web#4", Canceled)
 		assert.Contains(t, x.Status.Comment, "the approval expired")
 		assert.Equal(t, map[string]string{"web": "registry.example/web:1.0"}, f.deployments(), "the unapproved phase 1 is removed")
+		f.sync(f.targets["c4"]) // a resync does not ask again
+		f.settle()
+		assert.Len(t, f.executions(), 5)
 	})
 }
 

@@ -408,7 +408,7 @@ func (r *Reconciler) retryOf(ctx context.Context, t *Target) (*Execution, error)
 	var last *Execution
 	attempts := 0
 	for i := range all {
-		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && all[i].Status.Phase != Canceled {
+		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && ran(&all[i]) {
 			last = &all[i]
 			attempts++
 		}
@@ -429,6 +429,11 @@ func (r *Reconciler) retryOf(ctx context.Context, t *Target) (*Execution, error)
 	return last, nil
 }
 
+// ran reports whether an execution counts as its commit's run: anything but one canceled
+// before it started (a queued execution a newer commit superseded). An execution canceled
+// while it ran, such as one whose approval expired, ran: its commit is not tried again.
+func ran(x *Execution) bool { return x.Status.Phase != Canceled || x.Status.StartedAt != nil }
+
 // executionFor returns the Deploy execution already recorded for t's commit, if any.
 func (r *Reconciler) executionFor(ctx context.Context, t *Target) (*Execution, error) {
 	all, err := r.store.ListExecutions(ctx, t.Name())
@@ -436,7 +441,7 @@ func (r *Reconciler) executionFor(ctx context.Context, t *Target) (*Execution, e
 		return nil, err
 	}
 	for i := len(all) - 1; i >= 0; i-- {
-		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && all[i].Status.Phase != Canceled {
+		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && ran(&all[i]) {
 			return &all[i], nil
 		}
 	}
