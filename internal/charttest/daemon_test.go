@@ -3,7 +3,6 @@ package charttest
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 
 	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/gitserver"
+	"ebb.dev/ebb/internal/proc"
 	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/reconciler"
 )
@@ -216,45 +216,19 @@ spec:
 	for _, s := range stages {
 		fmt.Fprintf(&b, "  - {name: %s, cluster: %s, namespace: %s, verify: {rollout: {timeout: 1m}}, rollback: true}\n", s[0], s[1], s[2])
 	}
-	resources := "namespace.yaml, service.yaml, deployment.yaml"
-	files := map[string]string{
-		"pipelines/" + name + ".yaml":      b.String(),
-		"apps/" + name + "/namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
-		"apps/" + name + "/service.yaml": `apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-`,
-		"apps/" + name + "/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 3
-  progressDeadlineSeconds: 3
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - name: web
-        image: registry.example/%s:0.0.0
-        ports: [{containerPort: 8080}]
-`, name),
-		"apps/" + name + "/extra.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {release: " + tag + "}\n",
-	}
+	var extraFiles []string
 	if extra {
-		resources += ", extra.yaml"
+		extraFiles = append(extraFiles, "extra.yaml")
 	}
-	files["apps/"+name+"/kustomization.yaml"] = "resources: [" + resources + "]\n"
+	files := daemontest.AppFiles(name, 3, extraFiles...)
+	files["pipelines/"+name+".yaml"] = b.String()
+	files["apps/"+name+"/extra.yaml"] = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {release: " + tag + "}\n"
 	return files
 }
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := proc.FreePort()
 	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }

@@ -209,3 +209,38 @@ func Describe(x *reconciler.Execution) string {
 	}
 	return fmt.Sprintf("%s %s stage=%s comment=%q", x.Spec.DisplayName, x.Status.Phase, x.Status.Stage, x.Status.Comment)
 }
+
+// AppFiles returns the manifests of a small web app under apps/<name>/ in a repository: a
+// kustomization with a Namespace, a Service and a Deployment of replicas pods of image
+// registry.example/<name>, whose rollout fails after 3s without progress. extra names more
+// resource files of the kustomization, which the caller adds.
+func AppFiles(name string, replicas int, extra ...string) map[string]string {
+	dir := "apps/" + name + "/"
+	resources := append([]string{"namespace.yaml", "service.yaml", "deployment.yaml"}, extra...)
+	return map[string]string{
+		dir + "kustomization.yaml": "resources: [" + strings.Join(resources, ", ") + "]\n",
+		dir + "namespace.yaml":     "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
+		dir + "service.yaml": `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`,
+		dir + "deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: %d
+  progressDeadlineSeconds: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: registry.example/%s:0.0.0
+        ports: [{containerPort: 8080}]
+`, replicas, name),
+	}
+}

@@ -6,7 +6,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 
 	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/gitserver"
+	"ebb.dev/ebb/internal/proc"
 	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/reconciler"
 )
@@ -164,7 +164,7 @@ func (e *env) pipelineFiles(name, tag string, replicas int) map[string]string {
 	if e.healthURL != "" {
 		health = fmt.Sprintf("\n      healthCheck: {url: %q, interval: 100ms, successes: 3, failures: 3, timeout: 20s}", e.healthURL)
 	}
-	return map[string]string{
+	files := map[string]string{
 		"pipelines/" + name + ".yaml": fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
 kind: Pipeline
 metadata:
@@ -190,31 +190,11 @@ spec:
       rollout: {timeout: 1m}
     rollback: %[4]t
 `, name, tag, health, e.rollback),
-		"apps/" + name + "/kustomization.yaml": "resources: [namespace.yaml, service.yaml, deployment.yaml]\n",
-		"apps/" + name + "/namespace.yaml":     "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
-		"apps/" + name + "/service.yaml": `apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-`,
-		"apps/" + name + "/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: %d
-  progressDeadlineSeconds: 3
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - name: web
-        image: registry.example/%s:0.0.0
-        ports: [{containerPort: 8080}]
-`, replicas, name),
 	}
+	for path, content := range daemontest.AppFiles(name, replicas) {
+		files[path] = content
+	}
+	return files
 }
 
 // release commits (and pushes, for a served repository) the release with image tag.
@@ -294,8 +274,7 @@ func describe(x *reconciler.Execution) string { return daemontest.Describe(x) }
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := proc.FreePort()
 	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
