@@ -68,6 +68,24 @@ const (
 	TaskVerifyDeployment = "Verify deployment"
 )
 
+// FailureClass is one of the three classes of errors, decided where the error happens (as
+// source-controller's Stalling, Waiting and Generic).
+type FailureClass string
+
+// Failure classes.
+const (
+	// FailureStalled: the release or the pipeline is wrong (an invalid object, an admission
+	// denial, a missing Service, an unknown cluster). The execution ends FAILED, and the release
+	// is not tried again until a commit changes it. The Pipeline is Stalled.
+	FailureStalled FailureClass = "Stalled"
+	// FailureWaiting: the cluster could not answer (unreachable, overloaded, forbidden). The
+	// execution waits and tries again with a growing back-off; it never rolls back for it.
+	FailureWaiting FailureClass = "Waiting"
+	// FailureVerification: the release was applied and failed verification (or a person
+	// rejected it): the stage rolls back.
+	FailureVerification FailureClass = "VerificationFailed"
+)
+
 // ExecutionKind says whether an execution deploys a commit or rolls a stage back.
 type ExecutionKind string
 
@@ -109,7 +127,10 @@ type ExecutionStatus struct {
 	Rollback string `json:"rollback,omitempty"`
 	// Retryable marks a failure of the cluster rather than of the release: the commit is
 	// tried again by a new execution, after a back-off.
-	Retryable  bool          `json:"retryable,omitempty"`
+	Retryable bool `json:"retryable,omitempty"`
+	// Failure classifies why a FAILED (or ROLLBACK_*) execution failed, and why a WAITING one
+	// waits for its cluster: see FailureClass.
+	Failure    FailureClass  `json:"failure,omitempty"`
 	StartedAt  *metav1.Time  `json:"startedAt,omitempty"`
 	FinishedAt *metav1.Time  `json:"finishedAt,omitempty"`
 	Stages     []StageRecord `json:"stages,omitempty"`
