@@ -112,12 +112,12 @@ func BenchmarkDiffStage(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	apply(b, d, rel)
+	inventory := apply(b, d, rel)
 	before := resourceVersions(b, d, rel)
 	ctx := context.Background()
 	b.ResetTimer()
 	for b.Loop() {
-		plan, err := d.Diff(ctx, rel)
+		plan, err := d.Diff(ctx, rel, inventory)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -10,10 +10,14 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
+
+	"ebb.dev/ebb/internal/ssa"
 )
 
 // stageRepo copies an example repository to a temporary directory, so a test can change it.
@@ -46,9 +50,10 @@ func editFile(t *testing.T, dir, name, old, new string) {
 	require.NoError(t, os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o600))
 }
 
-// apply writes a release the way the reconciler does: server-side apply as "ebb", then waits
-// until its Deployment has rolled out, so the cluster is quiet while the test plans.
-func apply(t testing.TB, d *Differ, rel *Release) {
+// apply writes a release the way the reconciler does, with the apply engine, then waits until
+// its Deployment has rolled out, so the cluster is quiet while the test plans. It returns the
+// stage's inventory as the reconciler would record it.
+func apply(t testing.TB, d *Differ, rel *Release) ssa.Inventory {
 	t.Helper()
 	ctx := context.Background()
 	ns := &unstructured.Unstructured{Object: map[string]any{
@@ -59,15 +64,10 @@ func apply(t testing.TB, d *Differ, rel *Release) {
 			Apply(ctx, rel.Namespace, ns, metav1.ApplyOptions{FieldManager: "ebb"})
 		require.NoError(t, err)
 	}
-	for _, obj := range rel.Objects {
-		ri, err := d.resourceFor(obj)
-		require.NoError(t, err)
-		_, err = ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "ebb", Force: true})
-		require.NoError(t, err, RefOf(obj).String())
-	}
-	deploy := findObject(rel.Objects, "Deployment", rel.Deployment)
-	ri, err := d.resourceFor(deploy)
+	_, err := d.ssa.Apply(ctx, rel.Objects, ssa.ApplyOptions{Owner: ssa.Owner{Pipeline: rel.Pipeline, Stage: rel.Stage}})
 	require.NoError(t, err)
+	deploy := findObject(rel.Objects, "Deployment", rel.Deployment)
+	ri := resourceOf(t, d, deploy)
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		live, err := ri.Get(ctx, deploy.GetName(), metav1.GetOptions{})
 		if err != nil {
@@ -80,6 +80,18 @@ func apply(t testing.TB, d *Differ, rel *Release) {
 		return observed == live.GetGeneration() && updated == replicas && available == replicas, nil
 	})
 	require.NoError(t, err, "Deployment %s rolls out", deploy.GetName())
+	return ssa.InventoryOf(rel.Objects)
+}
+
+// resourceOf returns the client of an object's resource.
+func resourceOf(t testing.TB, d *Differ, obj *unstructured.Unstructured) dynamic.ResourceInterface {
+	t.Helper()
+	mapping, err := d.ssa.Mapping(obj.GroupVersionKind())
+	require.NoError(t, err)
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		return d.client.Resource(mapping.Resource).Namespace(obj.GetNamespace())
+	}
+	return d.client.Resource(mapping.Resource)
 }
 
 // actions returns "Kind/ns/name action" for each change, in plan order.
@@ -91,29 +103,14 @@ func actions(p *Plan) []string {
 	return out
 }
 
-// resourceVersions returns the resourceVersion of every object the release names and of every
-// object carrying the stage's labels.
+// resourceVersions returns the resourceVersion of every object the release names.
 func resourceVersions(t testing.TB, d *Differ, rel *Release) map[string]string {
 	t.Helper()
-	ctx := context.Background()
 	out := map[string]string{}
 	for _, obj := range rel.Objects {
-		ri, err := d.resourceFor(obj)
-		require.NoError(t, err)
-		live, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{})
+		live, err := resourceOf(t, d, obj).Get(context.Background(), obj.GetName(), metav1.GetOptions{})
 		if err == nil {
 			out[RefOf(obj).String()] = live.GetResourceVersion()
-		}
-	}
-	resources, err := d.prunableResources()
-	require.NoError(t, err)
-	for _, gvr := range resources {
-		list, err := d.client.Resource(gvr).List(ctx, metav1.ListOptions{LabelSelector: LabelPipeline + "=" + rel.Pipeline})
-		if err != nil {
-			continue
-		}
-		for _, o := range list.Items {
-			out[RefOf(&o).String()] = o.GetResourceVersion()
 		}
 	}
 	return out
@@ -130,16 +127,16 @@ func TestDiffLifecycle(t *testing.T) {
 	r := NewRenderer(testClusters)
 
 	rel := renderStage(t, r, dir, "dev")
-	plan, err := d.Diff(ctx, rel)
+	plan, err := d.Diff(ctx, rel, nil)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
 		"Namespace/web-dev created", "Service/web-dev/web created", "Deployment/web-dev/web created",
 	}, actions(plan))
 	assert.True(t, plan.Changed())
 
-	apply(t, d, rel)
+	inventory := apply(t, d, rel)
 	before := resourceVersions(t, d, rel)
-	plan, err = d.Diff(ctx, rel)
+	plan, err = d.Diff(ctx, rel, inventory)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
 		"Namespace/web-dev unchanged", "Service/web-dev/web unchanged", "Deployment/web-dev/web unchanged",
@@ -149,7 +146,7 @@ func TestDiffLifecycle(t *testing.T) {
 
 	editFile(t, dir, "pipelines/web.yaml", `tag: "1.4.2"`, `tag: "1.4.3"`)
 	retagged := renderStage(t, r, dir, "dev")
-	plan, err = d.Diff(ctx, retagged)
+	plan, err = d.Diff(ctx, retagged, inventory)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
 		"Namespace/web-dev unchanged", "Service/web-dev/web unchanged", "Deployment/web-dev/web configured",
@@ -160,12 +157,18 @@ func TestDiffLifecycle(t *testing.T) {
 	assert.Equal(t, before, resourceVersions(t, d, rel), "planning writes nothing")
 
 	editFile(t, dir, "apps/web/base/kustomization.yaml", "- service.yaml\n", "")
-	plan, err = d.Diff(ctx, renderStage(t, r, dir, "dev"))
+	plan, err = d.Diff(ctx, renderStage(t, r, dir, "dev"), inventory)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
 		"Namespace/web-dev unchanged", "Deployment/web-dev/web configured", "Service/web-dev/web to be pruned",
 	}, actions(plan))
 	assert.Equal(t, before, resourceVersions(t, d, rel), "planning writes nothing")
+
+	// Only the inventory is pruned: an object that merely carries the stage's labels (made by
+	// hand, or ebb's own records) is not ebb's to delete.
+	plan, err = d.Diff(ctx, renderStage(t, r, dir, "dev"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"Namespace/web-dev unchanged", "Deployment/web-dev/web configured"}, actions(plan))
 }
 
 // changedLines returns the removed and added lines of a unified diff.
@@ -191,11 +194,11 @@ func TestDiffMasksSecrets(t *testing.T) {
 	dir := stageRepo(t, "../examples/blue-green")
 	r := NewRenderer(testClusters)
 	rel := renderStage(t, r, dir, "dev")
-	apply(t, d, rel)
+	inventory := apply(t, d, rel)
 
 	const secret = "bmV3LXNlY3JldC12YWx1ZQ=="
 	editFile(t, dir, "apps/shop/base/pull-secret.yaml", "cGxhY2Vob2xkZXI6cGxhY2Vob2xkZXI=", secret)
-	plan, err := d.Diff(ctx, renderStage(t, r, dir, "dev"))
+	plan, err := d.Diff(ctx, renderStage(t, r, dir, "dev"), inventory)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
 		"Namespace/shop-dev unchanged", "Secret/shop-dev/registry-credentials configured",
@@ -222,15 +225,15 @@ func TestDiffArgoCDExamples(t *testing.T) {
 	require.NoError(t, err)
 	for _, rel := range releases {
 		t.Run(rel.Pipeline, func(t *testing.T) {
-			plan, err := d.Diff(ctx, rel)
+			plan, err := d.Diff(ctx, rel, nil)
 			require.NoError(t, err)
 			require.Len(t, plan.Changes, len(rel.Objects)+1)
 			assert.Equal(t, "Namespace/"+rel.Namespace, plan.Changes[0].Object.String(), "the stage's namespace is created first")
 			for _, c := range plan.Changes {
 				assert.Equal(t, Created, c.Action, c.Object.String())
 			}
-			apply(t, d, rel)
-			plan, err = d.Diff(ctx, rel)
+			inventory := apply(t, d, rel)
+			plan, err = d.Diff(ctx, rel, inventory)
 			require.NoError(t, err)
 			for _, c := range plan.Changes {
 				assert.Equal(t, Unchanged, c.Action, "%s\n%s", c.Object, c.Diff)

@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"ebb.dev/ebb/internal/ssa"
 	"ebb.dev/ebb/planner/strictyaml"
 )
 
@@ -22,10 +23,11 @@ const (
 	KindPipeline = "Pipeline"
 )
 
-// Labels set on every rendered object, so the reconciler can find and prune what a stage owns.
+// Labels set on every rendered object, naming the pipeline and stage that own it: the apply
+// engine's owner labels.
 const (
-	LabelPipeline = "ebb.dev/pipeline"
-	LabelStage    = "ebb.dev/stage"
+	LabelPipeline = ssa.LabelPipeline
+	LabelStage    = ssa.LabelStage
 )
 
 // Pipeline is one parsed and validated pipeline file: a service, its release inputs and the

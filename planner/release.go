@@ -5,6 +5,8 @@ import (
 	"sort"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"ebb.dev/ebb/internal/ssa"
 )
 
 // Release is the desired state of one stage: the rendered objects, in apply order, and a
@@ -56,39 +58,12 @@ func (r ObjectRef) String() string {
 	return fmt.Sprintf("%s/%s/%s", r.Kind, r.Namespace, r.Name)
 }
 
-// applyOrder ranks kinds so that what others depend on is applied first: namespaces before
-// what lives in them, CRDs before custom resources, config before the workloads reading it.
-// Unknown kinds (custom resources) come last.
-var applyOrder = map[string]int{}
-
-func init() {
-	kinds := []string{
-		"Namespace", "ResourceQuota", "LimitRange", "PriorityClass", "StorageClass",
-		"CustomResourceDefinition", "ServiceAccount", "PodSecurityPolicy", "Role", "ClusterRole",
-		"RoleBinding", "ClusterRoleBinding", "ConfigMap", "Secret", "Endpoints",
-		"PersistentVolume", "PersistentVolumeClaim", "NetworkPolicy", "Service", "DaemonSet",
-		"Pod", "ReplicationController", "ReplicaSet", "Deployment", "HorizontalPodAutoscaler",
-		"StatefulSet", "Job", "CronJob", "PodDisruptionBudget", "IngressClass", "Ingress",
-		"APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
-	}
-	for i, k := range kinds {
-		applyOrder[k] = i + 1
-	}
-}
-
-func kindRank(kind string) int {
-	if r, ok := applyOrder[kind]; ok {
-		return r
-	}
-	return len(applyOrder) + 1
-}
-
 // sortObjects puts objects in apply order; ties are broken by apiVersion, namespace and name,
 // so the order (and the hash) does not depend on the order of files or resources.
 func sortObjects(objects []*unstructured.Unstructured) {
 	sort.SliceStable(objects, func(i, j int) bool {
 		a, b := objects[i], objects[j]
-		if ra, rb := kindRank(a.GetKind()), kindRank(b.GetKind()); ra != rb {
+		if ra, rb := ssa.KindRank(a.GetKind()), ssa.KindRank(b.GetKind()); ra != rb {
 			return ra < rb
 		}
 		if a.GetKind() != b.GetKind() {

@@ -42,7 +42,7 @@ func colorsOf(d *Desired) (*colors, error) {
 	resources, deployments := split(d.Objects)
 	main := find(deployments, d.Deployment)
 	if main == nil {
-		return nil, fmt.Errorf("the release has no Deployment %q", d.Deployment)
+		return nil, stalled("the release has no Deployment %q", d.Deployment)
 	}
 	var svc *unstructured.Unstructured
 	c := &colors{release: releaseID(d.Hash), renderAs: d.Deployment}
@@ -54,7 +54,7 @@ func colorsOf(d *Desired) (*colors, error) {
 		c.shared = append(c.shared, o)
 	}
 	if svc == nil {
-		return nil, fmt.Errorf("the blue-green model needs the release's Service; it has none for Deployment %q", d.Deployment)
+		return nil, stalled("the blue-green model needs a Service for Deployment %q (spec.service %q), and the release has none: add one to the manifests, or use model: rolling", d.Deployment, d.Service)
 	}
 	for _, o := range deployments {
 		if o != main {
@@ -103,7 +103,7 @@ func (e *run) blueGreen(ctx context.Context, cluster *Cluster, pipeline string, 
 		if err := e.createResources(ctx, cluster, pipeline, d, c.shared); err != nil {
 			return err
 		}
-		return cluster.Apply(ctx, pipeline, stage.Name, append([]*unstructured.Unstructured{c.green, c.preview}, c.others...))
+		return e.r.apply(ctx, cluster, pipeline, stage.Name, append([]*unstructured.Unstructured{c.green, c.preview}, c.others...))
 	}); err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (e *run) blueGreen(ctx context.Context, cluster *Cluster, pipeline string, 
 		return err
 	}
 	if err := e.task(ctx, rec, TaskSwitchTraffic, false, func(ctx context.Context) error {
-		return cluster.Apply(ctx, pipeline, stage.Name, []*unstructured.Unstructured{c.service})
+		return e.r.apply(ctx, cluster, pipeline, stage.Name, []*unstructured.Unstructured{c.service})
 	}); err != nil {
 		return err
 	}
@@ -173,7 +173,7 @@ func (e *run) blueGreenRollback(ctx context.Context, cluster *Cluster, pipeline 
 		return e.blueGreen(ctx, cluster, pipeline, good, rec)
 	}
 	if err := e.task(ctx, rec, TaskSwitchTraffic, false, func(ctx context.Context) error {
-		return cluster.Apply(ctx, pipeline, good.Stage.Name, []*unstructured.Unstructured{blue.service, blue.preview})
+		return e.r.apply(ctx, cluster, pipeline, good.Stage.Name, []*unstructured.Unstructured{blue.service, blue.preview})
 	}); err != nil {
 		return err
 	}

@@ -81,6 +81,10 @@ func decide(t *Target, ledgers map[string]*StageLedgerStatus) decision {
 			return decision{deploy: true, redeployOf: good,
 				reason: fmt.Sprintf("stage %s: commit %s asks for the release that %s restored", d.Stage.Name, short(t.Commit.SHA), cur.RestoredBy)}
 		}
+		if s := l.Stalled; s != nil && s.Hash == d.Hash && s.Stage == stageFingerprint(d.Stage) {
+			return decision{reason: fmt.Sprintf("stage %s: release %s of commit %s stalled in %s (%s); a commit that changes the release or the stage tries again",
+				d.Stage.Name, releaseID(d.Hash), short(s.Commit), s.Execution, s.Reason)}
+		}
 		if f := l.failed(d.Hash); f != nil {
 			return decision{reason: fmt.Sprintf("stage %s: release %s of commit %s is quarantined: it failed in %s (%s)",
 				d.Stage.Name, releaseID(d.Hash), short(f.Commit), f.Execution, f.Reason)}

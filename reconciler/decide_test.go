@@ -7,7 +7,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"ebb.dev/ebb/planner"
 )
@@ -79,26 +78,6 @@ func TestObjectName(t *testing.T) {
 	assert.Equal(t, 2, n)
 	_, _, err = ParseDisplayName("web")
 	assert.Error(t, err)
-}
-
-func TestCovers(t *testing.T) {
-	live := map[string]any{"spec": map[string]any{"replicas": int64(3), "paused": false, "template": map[string]any{"image": "a:1"}}}
-	assert.True(t, covers(live, map[string]any{"spec": map[string]any{"replicas": float64(3)}}))
-	assert.False(t, covers(live, map[string]any{"spec": map[string]any{"replicas": int64(2)}}))
-	assert.False(t, covers(live, map[string]any{"spec": map[string]any{"template": map[string]any{"image": "a:2"}}}))
-	assert.False(t, covers(live, map[string]any{"spec": map[string]any{"missing": "x"}}))
-}
-
-func TestComparableSecretStringData(t *testing.T) {
-	want := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "s"},
-		"stringData": map[string]any{"token": "abc"},
-	}}
-	live := map[string]any{"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "s", "uid": "1"},
-		"data": map[string]any{"token": "YWJj"}, "type": "Opaque"}
-	assert.True(t, covers(live, comparable(want)))
-	live["data"] = map[string]any{"token": "ZWxzZQ=="}
-	assert.False(t, covers(live, comparable(want)))
 }
 
 func TestHealthCheckNeverPrintsCredentials(t *testing.T) {

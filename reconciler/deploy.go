@@ -2,12 +2,15 @@ package reconciler
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"ebb.dev/ebb/internal/ssa"
 	"ebb.dev/ebb/planner"
 )
 
@@ -43,7 +46,7 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 	if rec.Status == Completed {
 		return nil // resumed after this stage finished
 	}
-	ledger, err := e.r.store.Ledger(ctx, t.Name(), d.Stage.Name)
+	ledger, err := e.r.ledger(ctx, t.Name(), d.Stage.Name)
 	if err != nil {
 		return err
 	}
@@ -61,12 +64,14 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		return err
 	}
 
-	target, err := e.r.target(d.Stage.Cluster)
-	if err == nil {
-		err = e.runModel(ctx, target, t, d, rec)
-	} else {
-		err = &taskError{task: TaskCreateResources, err: err}
-	}
+	var target *Cluster
+	err = e.untilClusterAnswers(ctx, d.Stage.Name, func(ctx context.Context) error {
+		var err error
+		if target, err = e.r.target(d.Stage.Cluster); err != nil {
+			return &taskError{task: TaskCreateResources, err: err}
+		}
+		return e.runModel(ctx, target, t, d, rec)
+	})
 	if errors.Is(err, errParked) {
 		return err
 	}
@@ -81,39 +86,90 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 	}
 	if err == nil {
 		rec.Status = Completed
-		ledger.Status.recordVerified(release)
-		if serr := e.r.store.SaveLedger(ctx, ledger); serr != nil {
-			return serr
+		if err := e.r.updateLedger(ctx, t.Name(), d.Stage.Name, func(s *StageLedgerStatus) bool {
+			s.recordVerified(release)
+			return true
+		}); err != nil {
+			return err
 		}
 		return e.save(ctx)
 	}
-	return e.stageFailed(ctx, t, d, rec, ledger, release, err)
+	return e.stageFailed(ctx, t, d, rec, ledger.Status.LastKnownGood, release, err)
 }
 
-// stageFailed quarantines the failed release, then rolls the stage back or fails the
-// execution. The execution record is written before the ledger, so a restart in between
-// finds the rollback to finish.
-func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *StageRecord, ledger *StageLedger, release ReleaseRecord, cause error) error {
-	task := TaskCreateResources
-	var te *taskError
-	if errors.As(cause, &te) {
-		task = te.task
+// unclassifiedAttempts is how often an error nobody classified is tried before it counts as
+// the release's: it is never retried forever.
+const unclassifiedAttempts = 3
+
+// untilClusterAnswers runs fn (a stage's tasks, which skip what they completed) until it ends
+// with anything but a failure of the cluster. While the cluster does not answer, the execution
+// is WAITING, its comment saying what failed and when it is tried again, with a back-off that
+// doubles from Options.RetryBackoff up to an hour: the same execution, never a rollback, and
+// nothing else happens to the stage meanwhile. An unclassified error is tried
+// unclassifiedAttempts times, then counts as stalled.
+func (e *run) untilClusterAnswers(ctx context.Context, stage string, fn func(context.Context) error) error {
+	wait, comment := e.r.opts.RetryBackoff, e.x.Status.Comment
+	unclassified := 0
+	for attempt := 1; ; attempt++ {
+		err := fn(ctx)
+		if err == nil || errors.Is(err, errParked) || ctx.Err() != nil || isExpired(err) {
+			return err
+		}
+		switch classify(err) {
+		case FailureWaiting:
+		case "":
+			if unclassified++; unclassified >= unclassifiedAttempts {
+				return asStalled(err)
+			}
+		default:
+			return err
+		}
+		e.x.Status.Failure = FailureWaiting
+		why := fmt.Sprintf("stage %s, task %q: %v; waiting for the cluster to answer: attempt %d failed, trying again in %s",
+			stage, taskOf(err), unwrapTask(err), attempt, wait)
+		if err := e.setPhase(ctx, Waiting, why); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errParked
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, retryMax)
+		e.x.Status.Failure, e.x.Status.Comment = "", comment
+		if err := e.setPhase(ctx, Running, ""); err != nil {
+			return err
+		}
 	}
+}
+
+// stageFailed records a failed stage by the class of its error, then rolls the stage back or
+// fails the execution:
+//   - a release that failed verification (or was rejected) is quarantined;
+//   - a stalled release (the release or the pipeline is wrong) is recorded as stalled, so it
+//     is not tried again until a commit changes the release or the stage, and quarantined
+//     when some of it was applied;
+//   - with rollback on, a known-good release, and something applied, the stage rolls back.
+//
+// The execution record is written before the ledger, so a restart in between finds the
+// rollback to finish.
+func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *StageRecord, good *ReleaseRecord, release ReleaseRecord, cause error) error {
+	task := taskOf(cause)
+	class := classify(cause)
+	if class != FailureVerification {
+		class = FailureStalled
+	}
+	e.x.Status.Failure = class
 	rec.Status = Failed
 	rec.Message = cause.Error()
 	release.Reason = fmt.Sprintf("task %q: %v", task, unwrapTask(cause))
-	good := ledger.Status.LastKnownGood
 	trigger := fmt.Sprintf("stage %s, task %q failed at commit %s: %v", d.Stage.Name, task, short(t.Commit.SHA), unwrapTask(cause))
-	// Only a release found bad is quarantined. A failure of the cluster (unreachable,
-	// forbidden, overloaded) says nothing of the release: the commit is tried again later.
-	quarantine := releaseFault(cause)
-	if !quarantine {
-		e.x.Status.Retryable = true
-		trigger += " (a failure of the cluster, not of the release: the commit is tried again later)"
+	if class == FailureStalled {
+		trigger += " (the release or the pipeline must change: it is not tried again until a commit changes it)"
 	}
-
+	applied := wroteCluster(rec, cause)
 	switch {
-	case isRejected(cause) && !changedCluster(rec):
+	case !applied:
 		if err := e.setPhase(ctx, Failed, trigger+"; nothing was applied to the cluster"); err != nil {
 			return err
 		}
@@ -132,11 +188,18 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 			return err
 		}
 	}
-	if quarantine {
-		ledger.Status.recordFailed(release)
-		if err := e.r.store.SaveLedger(ctx, ledger); err != nil {
-			return err
+	if err := e.r.updateLedger(ctx, t.Name(), d.Stage.Name, func(s *StageLedgerStatus) bool {
+		if class == FailureVerification || applied {
+			s.recordFailed(release)
 		}
+		if class == FailureStalled {
+			stall := release
+			stall.Stage = stageFingerprint(d.Stage)
+			s.Stalled = &stall
+		}
+		return true
+	}); err != nil {
+		return err
 	}
 	if e.x.Status.Phase == RollingBack {
 		return e.rollback(ctx, t, d.Stage.Name, *good)
@@ -144,18 +207,40 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 	return nil
 }
 
-// releaseFault reports whether a failure is the release's: a verification failed, a person
-// rejected it, or the API server refused its objects as invalid. Anything else (a cluster that
-// cannot be reached, forbids, or is overloaded) is the cluster's.
-func releaseFault(err error) bool {
-	var v *VerificationError
-	switch {
-	case errors.As(err, &v), isRejected(err):
-		return true
-	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err), apierrors.IsRequestEntityTooLargeError(err):
+// wroteCluster reports whether a stage's tasks wrote to its cluster before cause stopped
+// them: a task that writes completed, or the failing one was refused a write part-way (the
+// objects before it in the task were applied).
+func wroteCluster(rec *StageRecord, cause error) bool {
+	if changedCluster(rec) {
 		return true
 	}
-	return false
+	var oe *ssa.ObjectError
+	return errors.As(cause, &oe) && (oe.Verb == "apply" || oe.Verb == "delete")
+}
+
+// asStalled makes err, keeping its task, the release's fault.
+func asStalled(err error) error {
+	var te *taskError
+	if errors.As(err, &te) {
+		return &taskError{task: te.task, err: &StalledError{Err: te.err}}
+	}
+	return &StalledError{Err: err}
+}
+
+// taskOf returns the task an error failed, or the first task.
+func taskOf(err error) string {
+	var te *taskError
+	if errors.As(err, &te) {
+		return te.task
+	}
+	return TaskCreateResources
+}
+
+// stageFingerprint identifies a stage's definition, so that a stalled release is tried again
+// when the pipeline changes the stage (its cluster, say) without changing the release.
+func stageFingerprint(s *planner.Stage) string {
+	b, _ := json.Marshal(s)
+	return fmt.Sprintf("sha256:%x", sha256.Sum256(b))
 }
 
 func unwrapTask(err error) error {

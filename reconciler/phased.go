@@ -29,14 +29,14 @@ func (e *run) phased(ctx context.Context, cluster *Cluster, pipeline string, d *
 	resources, deployments := split(d.Objects)
 	main := find(deployments, d.Deployment)
 	if main == nil {
-		return &taskError{task: TaskDeployPhase1, err: fmt.Errorf("the release has no Deployment %q to roll out in phases", d.Deployment)}
+		return &taskError{task: TaskDeployPhase1, err: stalled("the release has no Deployment %q to roll out in phases", d.Deployment)}
 	}
 	phase1 := phase1Deployment(main, d.Stage.Phases[0].Replicas)
 	if err := e.task(ctx, rec, TaskDeployPhase1, false, func(ctx context.Context) error {
 		if err := e.createResources(ctx, cluster, pipeline, d, resources); err != nil {
 			return err
 		}
-		return cluster.Apply(ctx, pipeline, d.Stage.Name, []*unstructured.Unstructured{phase1})
+		return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, []*unstructured.Unstructured{phase1})
 	}); err != nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func (e *run) phased(ctx context.Context, cluster *Cluster, pipeline string, d *
 		return err
 	}
 	if err := e.task(ctx, rec, TaskDeployRolloutPhase, false, func(ctx context.Context) error {
-		return cluster.Apply(ctx, pipeline, d.Stage.Name, deployments)
+		return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, deployments)
 	}); err != nil {
 		return err
 	}

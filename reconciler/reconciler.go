@@ -35,8 +35,8 @@ type Options struct {
 	Metrics *Metrics
 	// HTTPClient runs health checks; default a client with a 10s timeout.
 	HTTPClient *http.Client
-	// RetryBackoff is the first wait before a commit whose execution failed because of the
-	// cluster runs again; it doubles with each attempt, up to an hour. Default 30s.
+	// RetryBackoff is the first wait of an execution whose cluster did not answer before it
+	// tries again; it doubles with each attempt, up to an hour. Default 30s.
 	RetryBackoff time.Duration
 }
 
@@ -50,7 +50,11 @@ type Reconciler struct {
 	mu      sync.Mutex
 	workers map[string]*worker
 	good    map[string]*Desired // pipeline/stage -> last verified desired release, in memory
-	wg      sync.WaitGroup
+	// synced holds, per pipeline/stage, the objects last found in sync (see inSync).
+	synced map[string]map[string]string
+	// ledgerCache holds the last ledger read or written, by object name (see ledger).
+	ledgerCache map[string]*StageLedger
+	wg          sync.WaitGroup
 }
 
 // New returns a Reconciler. Call Resume once, then Sync for each new commit.
@@ -74,6 +78,9 @@ func New(opts Options) *Reconciler {
 		metrics: opts.Metrics,
 		workers: map[string]*worker{},
 		good:    map[string]*Desired{},
+		synced:  map[string]map[string]string{},
+
+		ledgerCache: map[string]*StageLedger{},
 	}
 }
 
@@ -359,17 +366,12 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			}
 			return r.checkDrift(ctx, t)
 		}
-		// One commit never runs twice, also across restarts, unless its execution failed
-		// because of the cluster: then it is tried again after a back-off.
-		comment := ""
+		// One commit never runs twice, also across restarts: a failure of the cluster is
+		// waited out by the execution itself (untilClusterAnswers).
 		if x == nil {
-			retry, err := r.retryOf(ctx, t)
-			if err != nil || retry == nil {
+			prior, err := r.executionFor(ctx, t)
+			if err != nil || prior != nil {
 				return err
-			}
-			if retry.Name != "" {
-				comment = "retry of " + retry.Spec.DisplayName + ", which failed because of the cluster"
-				log.Info("retrying a commit whose execution failed because of the cluster", "previous", retry.Spec.DisplayName)
 			}
 			x = &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
 			x.Status.Phase = Running
@@ -379,7 +381,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			}
 			x = created
 		}
-		x.Status.Comment = comment
+		x.Status.Comment = ""
 	}
 	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName)}
 	if err := rr.deploy(ctx, t, d); err != nil {
@@ -393,41 +395,8 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 	return nil
 }
 
-// retryMax bounds the back-off between executions of a commit that failed because of the
-// cluster.
+// retryMax bounds the back-off of an execution waiting for its cluster.
 const retryMax = time.Hour
-
-// retryOf decides whether t's commit may run: it returns an empty Execution when the commit
-// has none yet, the previous execution when it failed because of the cluster and its
-// back-off has passed, and nil when the commit must not run again.
-func (r *Reconciler) retryOf(ctx context.Context, t *Target) (*Execution, error) {
-	all, err := r.store.ListExecutions(ctx, t.Name())
-	if err != nil {
-		return nil, err
-	}
-	var last *Execution
-	attempts := 0
-	for i := range all {
-		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && ran(&all[i]) {
-			last = &all[i]
-			attempts++
-		}
-	}
-	switch {
-	case last == nil:
-		return &Execution{}, nil
-	case !last.Status.Retryable || !last.Status.Phase.Terminal() || last.Status.FinishedAt == nil:
-		return nil, nil
-	}
-	wait := r.opts.RetryBackoff << min(attempts-1, 7)
-	if wait > retryMax {
-		wait = retryMax
-	}
-	if time.Since(last.Status.FinishedAt.Time) < wait {
-		return nil, nil
-	}
-	return last, nil
-}
 
 // ran reports whether an execution counts as its commit's run: anything but one canceled
 // before it started (a queued execution a newer commit superseded). An execution canceled
@@ -451,7 +420,7 @@ func (r *Reconciler) executionFor(ctx context.Context, t *Target) (*Execution, e
 func (r *Reconciler) ledgers(ctx context.Context, t *Target) (map[string]*StageLedgerStatus, error) {
 	out := map[string]*StageLedgerStatus{}
 	for _, d := range t.Stages {
-		l, err := r.store.Ledger(ctx, t.Name(), d.Stage.Name)
+		l, err := r.ledger(ctx, t.Name(), d.Stage.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -481,7 +450,7 @@ func StaticClusters(m map[string]*Cluster) func(string) (*Cluster, error) {
 		if c := m[name]; c != nil {
 			return c, nil
 		}
-		return nil, fmt.Errorf("cluster %q is not defined in the daemon config", name)
+		return nil, &UnknownClusterError{Name: name}
 	}
 }
 

@@ -90,7 +90,10 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	if err := e.save(ctx); err != nil {
 		return err
 	}
-	err = e.restoreModel(ctx, cluster, pipeline, d, rec)
+	// A cluster that does not answer is waited for: a rollback never fails for it.
+	err = e.untilClusterAnswers(ctx, stageName, func(ctx context.Context) error {
+		return e.restoreModel(ctx, cluster, pipeline, d, rec)
+	})
 	if errors.Is(err, errParked) {
 		return err
 	}
@@ -104,37 +107,35 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	if d.Hash != good.Hash {
 		rec.Message = fmt.Sprintf("commit %s now renders release %s, not %s: the daemon's configuration changed since", short(good.Commit), releaseID(d.Hash), releaseID(good.Hash))
 	}
-	ledger, err := e.r.store.Ledger(ctx, pipeline, stageName)
-	if err != nil {
-		return err
-	}
 	restored := good
 	restored.RestoredBy = e.x.Spec.DisplayName
 	restored.At = &done
-	ledger.Status.Current = &restored
-	return e.r.store.SaveLedger(ctx, ledger)
+	return e.r.updateLedger(ctx, pipeline, stageName, func(s *StageLedgerStatus) bool {
+		s.Current = &restored
+		return true
+	})
 }
 
 // resumeRollback finishes a parent execution that a restart found ROLLING_BACK.
 func (e *run) resumeRollback(ctx context.Context, t *Target) error {
 	stage := e.x.Status.Stage
-	ledger, err := e.r.store.Ledger(ctx, t.Name(), stage)
-	if err != nil {
-		return err
-	}
 	rec := e.stage(stage)
+	var good *ReleaseRecord
 	// The daemon may have died between recording ROLLING_BACK and quarantining the release.
-	if rec.ReleaseHash != "" && ledger.Status.failed(rec.ReleaseHash) == nil {
+	if err := e.r.updateLedger(ctx, t.Name(), stage, func(s *StageLedgerStatus) bool {
+		good = s.LastKnownGood
+		if rec.ReleaseHash == "" || s.failed(rec.ReleaseHash) != nil {
+			return false
+		}
 		now := metav1.Now()
-		ledger.Status.recordFailed(ReleaseRecord{
+		s.recordFailed(ReleaseRecord{
 			Commit: t.Commit.SHA, ShortCommit: short(t.Commit.SHA), Hash: rec.ReleaseHash, Images: rec.Images,
 			Execution: e.x.Spec.DisplayName, At: &now, Reason: rec.Message,
 		})
-		if err := e.r.store.SaveLedger(ctx, ledger); err != nil {
-			return err
-		}
+		return true
+	}); err != nil {
+		return err
 	}
-	good := ledger.Status.LastKnownGood
 	if good == nil {
 		return e.setPhase(ctx, RollbackFailed, e.x.Status.Comment+"; no known-good release found on resume")
 	}

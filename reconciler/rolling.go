@@ -38,7 +38,7 @@ func (e *run) rolling(ctx context.Context, cluster *Cluster, pipeline string, d 
 		return err
 	}
 	if err := e.task(ctx, rec, TaskUpdateDeployment, false, func(ctx context.Context) error {
-		return cluster.Apply(ctx, pipeline, d.Stage.Name, deployments)
+		return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, deployments)
 	}); err != nil {
 		return err
 	}
@@ -60,12 +60,18 @@ func (e *run) createResources(ctx context.Context, cluster *Cluster, pipeline st
 			return err
 		}
 	}
-	return cluster.Apply(ctx, pipeline, d.Stage.Name, resources)
+	return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, resources)
 }
 
-// prune deletes what the stage owns in its cluster that keep no longer has.
+// prune deletes what the stage's inventory holds beyond keep, the release it now runs.
 func (e *run) prune(ctx context.Context, cluster *Cluster, pipeline string, stage *planner.Stage, keep []*unstructured.Unstructured) error {
-	pruned, err := cluster.Prune(ctx, pipeline, stage.Name, []string{stage.Namespace}, keep, append(kindsOf(keep), pruneKinds...))
+	deleted, err := e.r.prune(ctx, cluster, pipeline, stage.Name, keep)
+	var pruned []string
+	for _, d := range deleted {
+		if d.Exists {
+			pruned = append(pruned, d.String())
+		}
+	}
 	if len(pruned) > 0 {
 		e.log.Info("pruned objects no longer in the release", "stage", stage.Name, "objects", pruned)
 	}

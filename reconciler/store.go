@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
+
+	"ebb.dev/ebb/internal/ssa"
 )
 
 // Store reads and writes Execution and StageLedger objects in one namespace of the cluster
@@ -230,15 +231,4 @@ func toUnstructured(obj any) (*unstructured.Unstructured, error) {
 }
 
 // labelValue makes s fit a label value (63 characters of [A-Za-z0-9._-]).
-func labelValue(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-' {
-			return r
-		}
-		return '-'
-	}, s)
-	if len(s) > 63 {
-		s = s[:63]
-	}
-	return strings.Trim(s, "._-")
-}
+func labelValue(s string) string { return ssa.LabelValue(s) }

@@ -12,6 +12,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"ebb.dev/ebb/internal/ssa"
 )
 
 // Group and version of ebb's own resources.
@@ -28,8 +30,8 @@ var (
 
 // Labels ebb puts on its records and on every object it applies.
 const (
-	LabelPipeline = "ebb.dev/pipeline"
-	LabelStage    = "ebb.dev/stage"
+	LabelPipeline = ssa.LabelPipeline
+	LabelStage    = ssa.LabelStage
 	LabelCommit   = "ebb.dev/commit"
 	LabelKind     = "ebb.dev/kind"
 	LabelRelease  = "ebb.dev/release"
@@ -125,9 +127,6 @@ type ExecutionStatus struct {
 	Image    string `json:"image,omitempty"`
 	Comment  string `json:"comment,omitempty"`
 	Rollback string `json:"rollback,omitempty"`
-	// Retryable marks a failure of the cluster rather than of the release: the commit is
-	// tried again by a new execution, after a back-off.
-	Retryable bool `json:"retryable,omitempty"`
 	// Failure classifies why a FAILED (or ROLLBACK_*) execution failed, and why a WAITING one
 	// waits for its cluster: see FailureClass.
 	Failure    FailureClass  `json:"failure,omitempty"`
@@ -181,6 +180,13 @@ type StageLedgerStatus struct {
 	Verified []ReleaseRecord `json:"verified,omitempty"`
 	// Failed lists quarantined releases, newest first: they are never applied again by a poll.
 	Failed []ReleaseRecord `json:"failed,omitempty"`
+	// Inventory is every object ebb applied to the stage and has not deleted since: the
+	// objects of the release it runs, plus, while a release is applied or verified, the new
+	// release's. Pruning deletes what it holds beyond the release verified (or restored).
+	Inventory ssa.Inventory `json:"inventory,omitempty"`
+	// Stalled is the release that last failed because it or the pipeline is wrong: it is not
+	// tried again until a commit changes the release or the stage's definition.
+	Stalled *ReleaseRecord `json:"stalled,omitempty"`
 }
 
 // ReleaseRecord identifies a release of a stage.
@@ -193,6 +199,8 @@ type ReleaseRecord struct {
 	At          *metav1.Time `json:"at,omitempty"`
 	Reason      string       `json:"reason,omitempty"`
 	RestoredBy  string       `json:"restoredBy,omitempty"`
+	// Stage, in a stalled record, fingerprints the stage's definition the release stalled in.
+	Stage string `json:"stage,omitempty"`
 }
 
 // ledgerHistory bounds the verified and failed lists.
@@ -225,8 +233,9 @@ func (s *StageLedgerStatus) recordVerified(r ReleaseRecord) {
 	good.RestoredBy = ""
 	s.LastKnownGood = &good
 	s.Verified = prepend(s.Verified, good)
-	// A release that passes now is no longer quarantined.
+	// A release that passes now is no longer quarantined, and the stage no longer stalled.
 	s.Failed = remove(s.Failed, r.Hash)
+	s.Stalled = nil
 }
 
 // recordFailed quarantines r.

@@ -8,13 +8,16 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"ebb.dev/ebb/internal/config"
+	"ebb.dev/ebb/internal/ssa"
 	"ebb.dev/ebb/planner"
 	"ebb.dev/ebb/planner/strictyaml"
+	"ebb.dev/ebb/reconciler"
 )
 
 // exitChanges is `ebb plan`'s exit status when applying would change something, so CI can
@@ -27,6 +30,7 @@ type planFlags struct {
 	pipeline, stage, namespace string
 	configFile                 string
 	kubeconfig, context        string
+	records                    string
 	output                     string
 }
 
@@ -38,6 +42,12 @@ func newPlanCommand() *cobra.Command {
 		Long: `Render each stage's release and diff it against its live cluster by server-side apply
 dry-run (field manager "ebb"). Each object is reported as created, configured (with a diff),
 unchanged, or to be pruned. Secret values are masked. Nothing is written to any cluster.
+
+"To be pruned" is exactly what the daemon would delete once the release is verified: the
+objects of the stage's inventory (in its StageLedger, read from --records-namespace of the
+--kubeconfig cluster) that the release no longer has, except those annotated
+ebb.dev/prune: disabled. When the ledgers cannot be read, nothing is shown as pruned and a
+warning says why.
 
 A stage's cluster is the daemon config's cluster of that name (--config), or else the
 kubeconfig context of that name, or else --context, or else the current context.
@@ -62,6 +72,7 @@ cluster could not be read; 2 bad usage.`,
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	fl.StringVar(&f.context, "context", "", "kubeconfig context for stages whose cluster has no context of its name")
+	fl.StringVar(&f.records, "records-namespace", "ebb-system", "namespace of ebb's records (stage ledgers) in the --kubeconfig cluster: their inventories say what would be pruned")
 	fl.StringVarP(&f.output, "output", "o", "", "output format: yaml or json")
 	_ = cmd.MarkFlagRequired("repo")
 	return cmd
@@ -100,13 +111,18 @@ func runPlan(ctx context.Context, stdout, stderr io.Writer, f planFlags) error {
 		printErrors(stderr, errs)
 		return err
 	}
+	if f.pipeline != "" && len(selected) > 0 {
+		// Plan that pipeline, whatever is wrong with the others.
+		errs = errorsOf(errs, selected[0].pipeline.File)
+	}
 	renderer := planner.NewRenderer(opts)
 	clusters := &clusterDiffers{flags: f, config: cfg, differs: map[string]*planner.Differ{}}
+	ledgers := newLedgerReader(ctx, stderr, f)
 	var plans []*planner.Plan
 	failures := len(errs)
 	printErrors(stderr, errs)
 	for _, s := range selected {
-		plan, err := planStage(ctx, repo, renderer, clusters, s)
+		plan, err := planStage(ctx, repo, renderer, clusters, ledgers, s)
 		if err != nil {
 			fmt.Fprintln(stderr, "error:", err)
 			failures++
@@ -121,7 +137,7 @@ func runPlan(ctx context.Context, stdout, stderr io.Writer, f planFlags) error {
 }
 
 // planStage renders one stage and diffs it against its cluster.
-func planStage(ctx context.Context, repo *planner.Repo, r *planner.Renderer, clusters *clusterDiffers, s stageRef) (*planner.Plan, error) {
+func planStage(ctx context.Context, repo *planner.Repo, r *planner.Renderer, clusters *clusterDiffers, ledgers *ledgerReader, s stageRef) (*planner.Plan, error) {
 	rel, err := r.Render(repo, s.pipeline, s.stage.Name)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.pipeline.File, err)
@@ -130,7 +146,60 @@ func planStage(ctx context.Context, repo *planner.Repo, r *planner.Renderer, clu
 	if err != nil {
 		return nil, fmt.Errorf("plan stage %q of pipeline %q: %w", s.stage.Name, s.pipeline.Metadata.Name, err)
 	}
-	return d.Diff(ctx, rel)
+	return d.Diff(ctx, rel, ledgers.inventory(ctx, s.pipeline.Metadata.Name, s.stage.Name))
+}
+
+// errorsOf keeps the errors of one file.
+func errorsOf(errs strictyaml.ErrorList, file string) strictyaml.ErrorList {
+	var out strictyaml.ErrorList
+	for _, e := range errs {
+		if e.File == file {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// ledgerReader reads stage inventories from the records of the --kubeconfig cluster. When
+// they cannot be read it warns once and plans no pruning.
+type ledgerReader struct {
+	store  *reconciler.Store
+	stderr io.Writer
+	warned bool
+}
+
+func newLedgerReader(ctx context.Context, stderr io.Writer, f planFlags) *ledgerReader {
+	l := &ledgerReader{stderr: stderr}
+	cfg, err := kubeContextConfig(f.kubeconfig, f.context)
+	if err == nil {
+		var dyn dynamic.Interface
+		if dyn, err = dynamic.NewForConfig(cfg); err == nil {
+			l.store = reconciler.NewStore(dyn, f.records)
+		}
+	}
+	if err != nil {
+		l.warn(err)
+	}
+	return l
+}
+
+func (l *ledgerReader) inventory(ctx context.Context, pipeline, stage string) ssa.Inventory {
+	if l.store == nil {
+		return nil
+	}
+	ledger, err := l.store.Ledger(ctx, pipeline, stage)
+	if err != nil {
+		l.warn(err)
+		return nil
+	}
+	return ledger.Status.Inventory
+}
+
+func (l *ledgerReader) warn(err error) {
+	if !l.warned {
+		fmt.Fprintf(l.stderr, "warning: pruning is not shown: cannot read the stage ledgers: %v\n", err)
+		l.warned = true
+	}
 }
 
 // planStatus turns the outcome into the exit status.

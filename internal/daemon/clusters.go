@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -39,7 +38,7 @@ func (c *clusters) get(name string) (*reconciler.Cluster, error) {
 	}
 	entry := c.cfg.Cluster(name)
 	if entry == nil {
-		return nil, fmt.Errorf("cluster %q is not defined in the daemon config", name)
+		return nil, &reconciler.UnknownClusterError{Name: name}
 	}
 	restCfg, err := c.restConfig(entry)
 	if err != nil {
