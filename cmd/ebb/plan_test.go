@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -19,9 +20,13 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
 
+	"ebb.dev/ebb/internal/ssa"
+	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/planner"
+	"ebb.dev/ebb/reconciler"
 )
 
 // copyRepo copies a repository to a temporary directory, so a test can change it.
@@ -226,4 +231,68 @@ func waitRolledOut(t *testing.T, client dynamic.Interface, ns, name string) {
 		replicas, _, _ := unstructured.NestedInt64(d.Object, "spec", "replicas")
 		return observed == d.GetGeneration() && available == replicas
 	}, 30*time.Second, 50*time.Millisecond, "Deployment %s/%s rolls out", ns, name)
+}
+
+// TestPlanPrunesTheInventory: "to be pruned" is what the daemon would prune, the stage's
+// inventory (from its ledger) minus the release; never ebb's own records or objects that only
+// carry the stage's labels. --pipeline plans one pipeline whatever is wrong with the others.
+func TestPlanPrunesTheInventory(t *testing.T) {
+	ctx := context.Background()
+	dir := copyRepo(t, "../../planner/testdata/argocd-example-apps")
+	dyn, err := dynamic.NewForConfig(cluster.Config)
+	require.NoError(t, err)
+	top, err := testcluster.ModuleRoot()
+	require.NoError(t, err)
+	require.NoError(t, reconciler.InstallCRDs(ctx, dyn, filepath.Join(top, "charts", "ebb", "crds")))
+	cs := kubernetes.NewForConfigOrDie(cluster.Config)
+	records, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "records-"}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	applyStage(t, dir, "kustomize-guestbook", "dev")
+	repo := planner.NewRepo(os.DirFS(dir))
+	pipelines, err := planner.Load(repo, planner.DefaultOptions())
+	require.NoError(t, err)
+	var rel *planner.Release
+	for _, p := range pipelines {
+		if p.Metadata.Name == "kustomize-guestbook" {
+			rel, err = planner.NewRenderer(planner.DefaultOptions()).Render(repo, p, "dev")
+			require.NoError(t, err)
+		}
+	}
+	store := reconciler.NewStore(dyn, records.Name)
+	ledger, err := store.Ledger(ctx, "kustomize-guestbook", "dev")
+	require.NoError(t, err)
+	ledger.Status.Inventory = ssa.InventoryOf(rel.Objects)
+	require.NoError(t, store.SaveLedger(ctx, ledger))
+	// An object with the stage's labels that ebb never applied is not ebb's to prune.
+	_, err = cs.CoreV1().ConfigMaps("kustomize-guestbook-dev").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
+		Name: "made-by-hand", Labels: map[string]string{planner.LabelPipeline: "kustomize-guestbook", planner.LabelStage: "dev"},
+	}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	editFile := func(name, old, new string) {
+		path := filepath.Join(dir, name)
+		data, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.Contains(t, string(data), old)
+		require.NoError(t, os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o600))
+	}
+	editFile("kustomize-guestbook/kustomization.yaml", "- guestbook-ui-svc.yaml\n", "")
+	// A broken neighbour does not stop --pipeline.
+	editFile("pipelines/sock-shop.yaml", "  service: front-end\n", "  service: front-end\n  strategy: fast\n")
+
+	args := []string{"plan", "--repo", dir, "--kubeconfig", cluster.Kubeconfig, "--records-namespace", records.Name, "--pipeline", "kustomize-guestbook"}
+	code, stdout, stderr := ebb(t, args...)
+	assert.Equal(t, exitChanges, code, stderr)
+	assert.Empty(t, stderr)
+	assert.Contains(t, stdout, "  Deployment/kustomize-guestbook-dev/kustomize-guestbook-ui unchanged\n  Service/kustomize-guestbook-dev/kustomize-guestbook-ui to be pruned\n")
+	assert.NotContains(t, stdout, "made-by-hand")
+	assert.NotContains(t, stdout, "StageLedger")
+	assert.Equal(t, 1, strings.Count(stdout, "to be pruned"), stdout)
+
+	// Without --pipeline, the broken pipeline fails the plan, with its location.
+	code, _, stderr = ebb(t, args[:len(args)-2]...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "pipelines/sock-shop.yaml:")
+	assert.Contains(t, stderr, `unknown field "strategy"`)
 }
