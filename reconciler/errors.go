@@ -25,6 +25,12 @@ func stalled(format string, args ...any) error {
 	return &StalledError{Err: fmt.Errorf(format, args...)}
 }
 
+// WaitingError is a cluster that did not answer in time, where no API error says so.
+type WaitingError struct{ Err error }
+
+func (e *WaitingError) Error() string { return e.Err.Error() }
+func (e *WaitingError) Unwrap() error { return e.Err }
+
 // UnknownClusterError is a stage naming a cluster the daemon config does not define.
 type UnknownClusterError struct{ Name string }
 
@@ -45,6 +51,7 @@ func classify(err error) FailureClass {
 	var (
 		v       *VerificationError
 		s       *StalledError
+		w       *WaitingError
 		unknown *UnknownClusterError
 		status  apierrors.APIStatus
 	)
@@ -53,6 +60,8 @@ func classify(err error) FailureClass {
 		return ""
 	case errors.As(err, &v), isRejected(err):
 		return FailureVerification
+	case errors.As(err, &w):
+		return FailureWaiting
 	case errors.As(err, &s), errors.As(err, &unknown), meta.IsNoMatchError(err):
 		return FailureStalled
 	case admissionDenied(err):

@@ -121,6 +121,7 @@ func (w *deploymentWatch) next() <-chan struct{} {
 
 // Close stops the cluster's watches; no watch starts after it.
 func (c *Cluster) Close() {
+	c.Live.Close()
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
 	if c.watchStop == nil {
@@ -156,7 +157,7 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("watch Deployments in %s of cluster %q: no answer within %s (can ebb list and watch Deployments there?)", ns, c.Name, timeout)
+		return &WaitingError{Err: fmt.Errorf("watch Deployments in %s of cluster %q: no answer within %s (can ebb list and watch Deployments there?)", ns, c.Name, timeout)}
 	}
 	d, err := c.Typed.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
@@ -180,6 +181,19 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 		case <-changed:
 		case <-time.After(5 * time.Second): // a safety net, should an event be missed
 		case <-deadline.C:
+			// The watch may be behind, or the API server gone: read the Deployment itself. A
+			// cluster that does not answer is waited for; it does not fail the release.
+			fresh, err := c.Typed.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+			switch {
+			case err == nil:
+				done, why, _ := rolloutState(fresh, started)
+				if done {
+					return nil
+				}
+				last = why
+			case !apierrors.IsNotFound(err):
+				return fmt.Errorf("read Deployment %s/%s in cluster %q at the end of its rollout timeout: %w", ns, name, c.Name, err)
+			}
 			return verificationFailed("rollout", "Deployment %s/%s did not roll out within %s: %s", ns, name, timeout, last)
 		case <-ctx.Done():
 			return ctx.Err()

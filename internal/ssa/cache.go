@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -34,6 +35,9 @@ type LiveCache struct {
 type liveWatch struct {
 	informer cache.SharedIndexInformer
 	synced   chan struct{}
+	// slow is set once a wait for the first list timed out: later checks do not wait again
+	// (they compare through the API server) until the watch has synced.
+	slow atomic.Bool
 }
 
 // syncTimeout bounds the wait for a new watch's first list; a drift check that cannot wait
@@ -111,13 +115,22 @@ func (c *LiveCache) watch(ctx context.Context, gvr schema.GroupVersionResource, 
 		}()
 	}
 	c.mu.Unlock()
+	if w.slow.Load() {
+		select {
+		case <-w.synced:
+			return w, nil
+		default:
+			return nil, fmt.Errorf("watch of %s has not synced", gvr.Resource)
+		}
+	}
 	select {
 	case <-w.synced:
 		return w, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-time.After(syncTimeout):
-		return nil, fmt.Errorf("watch of %s has not synced", gvr.Resource)
+		w.slow.Store(true)
+		return nil, fmt.Errorf("watch of %s has not synced within %s", gvr.Resource, syncTimeout)
 	}
 }
 
