@@ -53,6 +53,11 @@ func (m *Manager) markCreated(ctx context.Context, ri dynamic.ResourceInterface,
 	if obj.GetKind() != "Namespace" || obj.GroupVersionKind().Group != "" {
 		return nil
 	}
+	// A Namespace that exists (or that ebb may not read) is left to the apply: ebb may be
+	// allowed to use a namespace and not to create one.
+	if _, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		return nil
+	}
 	ns := &unstructured.Unstructured{}
 	ns.SetGroupVersionKind(obj.GroupVersionKind())
 	ns.SetName(obj.GetName())
