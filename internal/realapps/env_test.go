@@ -299,6 +299,8 @@ func (e *env) waitFor(commit string, timeout time.Duration, what string, cond fu
 	return nil
 }
 
+func describe(x *reconciler.Execution) string { return daemontest.Describe(x) }
+
 // describeAll is every execution of the pipeline, for messages.
 func (e *env) describeAll() string {
 	var out []string
