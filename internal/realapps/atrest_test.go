@@ -64,6 +64,6 @@ func assertAtRest(t *testing.T, e *env, d *daemon) {
 	assert.Empty(t, driftEvents(t, e.prodCS, e.prodNS()), "DriftRestored Events in prod")
 	assert.Empty(t, unchanged(devBefore, liveObjects(t, e.devDyn, e.devNS(), e.name)), "objects written at rest in dev")
 	assert.Empty(t, unchanged(prodBefore, liveObjects(t, e.prodDy, e.prodNS(), e.name)), "objects written at rest in prod")
-	assert.Len(t, e.executions(), executions, "executions at rest: %s", e.describeAll())
+	assert.Equal(t, executions, len(e.executions()), "executions at rest: %s", e.describeAll())
 	assert.NotEmpty(t, devBefore, "no objects of the pipeline in dev")
 }

@@ -47,5 +47,5 @@ func TestHandEditsAreRestored(t *testing.T) {
 	assert.Eventually(t, func() bool { return exists(t, e.devDyn, services, ns, name) }, restored, 100*time.Millisecond,
 		"the Service deleted by hand was not restored")
 
-	assert.Len(t, e.executions(), 1, "restoring drift is not an execution: %s", e.describeAll())
+	assert.Equal(t, 1, len(e.executions()), "restoring drift is not an execution: %s", e.describeAll())
 }
