@@ -158,14 +158,21 @@ func (e *env) appDir() string { return filepath.Join(e.repo.Dir, "apps", e.name)
 // after the app's Namespace or Service; these are named after the pipeline, so that tests of
 // the same app run side by side.
 func (e *env) pipeline(tag string) string {
-	stage := func(name, ns, health string) string {
+	return pipelineFile(e.name, "apps/"+e.name, e.app, tag, e.model, e.devHealth)
+}
+
+// pipelineFile is the pipeline `ebb new` writes for app a in directory manifests, named name,
+// enabled, with stages dev (namespace <name>-dev, verified also by devHealth when set) and prod
+// (namespace <name>) of model.
+func pipelineFile(name, manifests string, a app, tag, model, devHealth string) string {
+	stage := func(stage, ns, health string) string {
 		s := fmt.Sprintf(`  - name: %s
     cluster: %s
     namespace: %s
     model: %s
     verify:
       rollout: {timeout: 5m}
-`, name, name, ns, e.model)
+`, stage, stage, ns, model)
 		if health != "" {
 			s += "      healthCheck: " + health + "\n"
 		}
@@ -180,10 +187,10 @@ spec:
   input:
     image: %s
     tag: %q
-  manifests: apps/%s
+  manifests: %s
   service: %s
   stages:
-`, e.name, e.app.image, tag, e.name, e.app.service) + stage("dev", e.devNS(), e.devHealth) + stage("prod", e.prodNS(), "")
+`, name, a.image, tag, manifests, a.service) + stage("dev", name+"-dev", devHealth) + stage("prod", name, "")
 }
 
 // release commits (and pushes, for a served repository) the pipeline releasing tag, with
