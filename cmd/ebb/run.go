@@ -23,6 +23,7 @@ import (
 type runFlags struct {
 	repo, branch, tag, path string
 	interval, resync        time.Duration
+	retryBackoff            time.Duration
 	configFile, listen      string
 	kubeconfig, namespace   string
 	cacheDir, credsDir      string
@@ -56,6 +57,7 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.StringVar(&f.path, "path", "", "directory inside the repository that holds the pipelines and manifests")
 	fl.DurationVar(&f.interval, "interval", 30*time.Second, "time between polls when no webhook or local watch triggers one")
 	fl.DurationVar(&f.resync, "resync", time.Minute, "time between drift checks of every pipeline")
+	fl.DurationVar(&f.retryBackoff, "retry-backoff", 30*time.Second, "first wait before trying again after a cluster could not answer (unreachable, overloaded, forbidden); it doubles with each attempt, up to 1h")
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters stages deploy to")
 	fl.StringVar(&f.listen, "listen", ":8080", "address serving /metrics, /healthz, /readyz and /webhook; empty to serve nothing")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster ebb records executions in (default: in-cluster, or $KUBECONFIG)")
@@ -116,7 +118,8 @@ func runDaemon(ctx context.Context, f runFlags) error {
 	logger.Info("starting", "repo", gitsource.RedactURL(f.repo), "branch", src.Branch, "tag", src.Tag, "path", f.path, "namespace", ns)
 	err = daemon.Run(ctx, daemon.Options{
 		Source: src, Config: cfg, Home: home, Namespace: ns, Listen: f.listen,
-		WebhookSecret: secret, Resync: f.resync, LeaderElection: f.leaderElect, Identity: f.identity,
+		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,
+		LeaderElection: f.leaderElect, Identity: f.identity,
 		Logger: logger,
 	})
 	if err != nil {

@@ -49,6 +49,9 @@ type Options struct {
 	// Resync is how often every pipeline's current target is reconciled again, to find drift,
 	// when no commit arrives.
 	Resync time.Duration
+	// RetryBackoff is the first wait before work that failed because a cluster could not
+	// answer is tried again; it grows up to an hour. Default (zero) is the reconciler's, 30s.
+	RetryBackoff time.Duration
 	// LeaderElection makes replicas elect one leader with a Lease; off, this process acts
 	// alone.
 	LeaderElection bool
@@ -148,7 +151,7 @@ func newDaemon(opts Options) (*Daemon, error) {
 	}
 	d.rec = reconciler.New(reconciler.Options{
 		Namespace: opts.Namespace, Records: records, Events: events, Clusters: clusters.get,
-		Render: d.renderAt, Logger: log, Metrics: reconciler.NewMetrics(reg),
+		Render: d.renderAt, Logger: log, Metrics: reconciler.NewMetrics(reg), RetryBackoff: opts.RetryBackoff,
 	})
 	return d, nil
 }

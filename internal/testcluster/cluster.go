@@ -60,12 +60,17 @@ type Cluster struct {
 	// Kubeconfig is the path of a kubeconfig file for Config.
 	Kubeconfig string
 
-	ca      *authority
-	host    string
-	ownDir  bool
-	mu      sync.Mutex
-	procs   []*proc.Process
-	stopped bool
+	ca     *authority
+	host   string
+	ownDir bool
+	bin    string
+	// apiserverArgs start the API server again after StopAPIServer: same port, same etcd.
+	apiserverArgs []string
+
+	mu        sync.Mutex
+	procs     []*proc.Process
+	apiserver *proc.Process // nil while stopped by StopAPIServer
+	stopped   bool
 }
 
 //go:embed stages/node-initialize.yaml
@@ -111,7 +116,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
 
-	c := &Cluster{Name: opts.Name, Dir: opts.Dir}
+	c := &Cluster{Name: opts.Name, Dir: opts.Dir, bin: opts.BinDir}
 	if c.Dir == "" {
 		if c.Dir, err = os.MkdirTemp("", "ebb-cluster-"+opts.Name+"-"); err != nil {
 			return nil, err
@@ -172,7 +177,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, bin string) error {
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	c.host = "https://127.0.0.1:" + strconv.Itoa(ports[2])
 
-	if err := c.start(bin, "etcd",
+	if _, err := c.start(bin, "etcd",
 		"--name=default",
 		"--data-dir="+filepath.Join(c.Dir, "etcd"),
 		"--listen-client-urls="+etcdURL, "--advertise-client-urls="+etcdURL,
@@ -183,17 +188,17 @@ func (c *Cluster) startControlPlane(ctx context.Context, bin string) error {
 		return err
 	}
 	// The API server waits for etcd by itself, so both start at once.
-	if err := c.start(bin, "kube-apiserver",
-		"--etcd-servers="+etcdURL,
+	c.apiserverArgs = []string{
+		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 		// The "kubernetes" Service's endpoints may not be loopback; nothing here needs them.
 		"--endpoint-reconciler-type=none",
-		"--secure-port="+strconv.Itoa(ports[2]),
-		"--tls-cert-file="+c.path("apiserver.crt"), "--tls-private-key-file="+c.path("apiserver.key"),
-		"--client-ca-file="+c.path("ca.crt"),
+		"--secure-port=" + strconv.Itoa(ports[2]),
+		"--tls-cert-file=" + c.path("apiserver.crt"), "--tls-private-key-file=" + c.path("apiserver.key"),
+		"--client-ca-file=" + c.path("ca.crt"),
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+c.path("sa.pub"),
-		"--service-account-signing-key-file="+c.path("sa.key"),
+		"--service-account-key-file=" + c.path("sa.pub"),
+		"--service-account-signing-key-file=" + c.path("sa.key"),
 		// A /16 holds the hundreds of Services that scale tests create.
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--authorization-mode=Node,RBAC",
@@ -203,7 +208,8 @@ func (c *Cluster) startControlPlane(ctx context.Context, bin string) error {
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
-	); err != nil {
+	}
+	if c.apiserver, err = c.start(bin, "kube-apiserver", c.apiserverArgs...); err != nil {
 		return err
 	}
 
@@ -228,7 +234,7 @@ func (c *Cluster) startControllers(bin string) error {
 		return err
 	}
 	kubeconfig := "--kubeconfig=" + c.Kubeconfig
-	if err := c.start(bin, "kube-controller-manager", kubeconfig,
+	if _, err := c.start(bin, "kube-controller-manager", kubeconfig,
 		"--leader-elect=false",
 		"--controllers=*,-serviceaccount-token,-csrsigning",
 		"--secure-port=0",
@@ -239,13 +245,13 @@ func (c *Cluster) startControllers(bin string) error {
 	); err != nil {
 		return err
 	}
-	if err := c.start(bin, "kube-scheduler", kubeconfig,
+	if _, err := c.start(bin, "kube-scheduler", kubeconfig,
 		"--leader-elect=false", "--secure-port=0",
 		"--kube-api-qps=500", "--kube-api-burst=1000",
 	); err != nil {
 		return err
 	}
-	return c.start(bin, "kwok", kubeconfig,
+	_, err := c.start(bin, "kwok", kubeconfig,
 		"--config="+c.path("kwok-stages.yaml"),
 		"--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
@@ -253,6 +259,7 @@ func (c *Cluster) startControllers(bin string) error {
 		"--node-ip=10.240.0.1",
 		"--node-lease-duration-seconds=40",
 	)
+	return err
 }
 
 // addNodes creates n kwok-managed nodes and waits until kwok reports them Ready.
@@ -326,17 +333,66 @@ func (c *Cluster) poll(ctx context.Context, what string, cond wait.ConditionWith
 }
 
 // start runs one binary from bin, recording it so that Stop ends it.
-func (c *Cluster) start(bin, name string, args ...string) error {
+func (c *Cluster) start(bin, name string, args ...string) (*proc.Process, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
-		return errors.New("cluster is stopped")
+		return nil, errors.New("cluster is stopped")
 	}
 	p, err := proc.Start(c.Dir, name, filepath.Join(bin, name), args...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c.procs = append(c.procs, p)
+	return p, nil
+}
+
+// StopAPIServer kills the cluster's API server with SIGKILL, as a crash or an outage of the
+// control plane would, and returns once it is gone: clients then get "connection refused".
+// etcd, the controllers and kwok keep running (and keep retrying), so StartAPIServer brings
+// the same cluster back.
+func (c *Cluster) StopAPIServer() error {
+	c.mu.Lock()
+	p := c.apiserver
+	c.apiserver = nil
+	if p != nil {
+		for i, q := range c.procs {
+			if q == p {
+				c.procs = append(c.procs[:i:i], c.procs[i+1:]...)
+				break
+			}
+		}
+	}
+	c.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("cluster %q: the API server is not running", c.Name)
+	}
+	if err := p.Stop(0); err != nil {
+		return fmt.Errorf("cluster %q: stop the API server: %w", c.Name, err)
+	}
+	return nil
+}
+
+// StartAPIServer starts the API server that StopAPIServer stopped, on the same port, with the
+// same certificates and etcd data, and returns once it is ready: every object is still there
+// and every client config of the cluster works again.
+func (c *Cluster) StartAPIServer(ctx context.Context) error {
+	c.mu.Lock()
+	running := c.apiserver != nil
+	c.mu.Unlock()
+	if running {
+		return fmt.Errorf("cluster %q: the API server is already running", c.Name)
+	}
+	p, err := c.start(c.bin, "kube-apiserver", c.apiserverArgs...)
+	if err != nil {
+		return fmt.Errorf("cluster %q: start the API server: %w", c.Name, err)
+	}
+	c.mu.Lock()
+	c.apiserver = p
+	c.mu.Unlock()
+	if err := c.waitReady(ctx); err != nil {
+		return fmt.Errorf("cluster %q: %w", c.Name, err)
+	}
 	return nil
 }
 

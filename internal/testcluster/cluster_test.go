@@ -151,6 +151,51 @@ func TestTwoClustersAreIndependent(t *testing.T) {
 	}
 }
 
+// TestAPIServerRestart stops a running cluster's API server and starts it again: clients are
+// refused meanwhile, and afterwards the same address serves the same objects, and the
+// controllers and kwok, which kept running, roll out a new Deployment.
+func TestAPIServerRestart(t *testing.T) {
+	c := StartT(t, Options{Name: "restart"})
+	cs := kubernetes.NewForConfigOrDie(c.Config)
+	ctx := context.Background()
+	ns := namespace(t, cs, "restart")
+	_, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "before"}, Data: map[string]string{"k": "v"},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	host := strings.TrimPrefix(c.Config.Host, "https://")
+
+	require.NoError(t, c.StopAPIServer())
+	_, err = net.DialTimeout("tcp", host, time.Second)
+	require.Error(t, err, "the API server's port still accepts connections")
+	_, err = cs.CoreV1().ConfigMaps(ns).Get(ctx, "before", metav1.GetOptions{})
+	require.Error(t, err)
+	require.Error(t, c.StopAPIServer(), "stopping a stopped API server")
+
+	start, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	require.NoError(t, c.StartAPIServer(start))
+	require.Error(t, c.StartAPIServer(start), "starting a running API server")
+	assert.Equal(t, "https://"+host, c.Config.Host)
+	cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "before", metav1.GetOptions{})
+	require.NoError(t, err, "the object made before the restart is gone")
+	assert.Equal(t, "v", cm.Data["k"])
+
+	_, err = cs.AppsV1().Deployments(ns).Create(ctx, deployment("web", "registry.example/web:1.0", 2, 30), metav1.CreateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+		return err == nil && d.Status.ObservedGeneration == d.Generation && d.Status.ReadyReplicas == 2
+	}, 60*time.Second, 100*time.Millisecond, "no rollout after the restart: the controllers or kwok did not reconnect")
+
+	// Stop still ends everything, the restarted API server included.
+	dir := c.Dir
+	require.NoError(t, c.Stop())
+	pids, err := proc.ProcessesUsing(dir)
+	require.NoError(t, err)
+	assert.Empty(t, pids, "processes still running after Stop")
+}
+
 // TestPanicLeavesNothingRunning runs this test binary as a helper that starts a cluster and
 // panics before any cleanup; the parent-death signal must still end every process.
 func TestPanicLeavesNothingRunning(t *testing.T) {
