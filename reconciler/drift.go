@@ -57,6 +57,14 @@ func (r *Reconciler) restoreDrift(ctx context.Context, cluster *Cluster, pipelin
 	changes, err := cluster.SSA.Drift(ctx, objs, ssa.DriftOptions{
 		Owner: owner(pipeline, d.Stage.Name), InSync: r.inSync(pipeline, d.Stage.Name), Live: cluster.Live,
 	})
+	result := "in-sync"
+	switch {
+	case err != nil:
+		result = "error"
+	case len(changes) > 0:
+		result = "drifted"
+	}
+	r.metrics.driftChecks.WithLabelValues(pipeline, d.Stage.Name, result).Inc()
 	if err != nil || len(changes) == 0 {
 		return err
 	}

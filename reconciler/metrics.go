@@ -11,6 +11,7 @@ type Metrics struct {
 	verifyDuration *prometheus.HistogramVec
 	timeToRollback *prometheus.HistogramVec
 	drift          *prometheus.CounterVec
+	driftChecks    *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg, when not nil.
@@ -33,9 +34,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ebb_drift_total", Help: "Objects found changed by hand, by pipeline, stage and whether ebb restored them.",
 		}, []string{"pipeline", "stage", "action"}),
+		driftChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ebb_drift_checks_total", Help: "Drift checks of a stage at rest, by pipeline, stage and result (in-sync, drifted, error).",
+		}, []string{"pipeline", "stage", "result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.executions, m.rollbacks, m.verifyDuration, m.timeToRollback, m.drift)
+		reg.MustRegister(m.executions, m.rollbacks, m.verifyDuration, m.timeToRollback, m.drift, m.driftChecks)
 	}
 	return m
 }
