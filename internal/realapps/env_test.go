@@ -246,7 +246,17 @@ func (e *env) startDaemon(extra ...string) *daemon {
 		"--interval", "1s", "--resync", resync.String(), "--log-level", "debug",
 		"--cache-dir", filepath.Join(e.dir, "cache"),
 	}, extra...)
-	return &daemon{Daemon: daemontest.Start(e.t, ebbBin, e.daemonEnv, args...), port: port}
+	d := &daemon{Daemon: daemontest.Start(e.t, ebbBin, e.daemonEnv, args...), port: port}
+	// Tests read its metrics from the start.
+	require.Eventually(e.t, func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 20*time.Millisecond, "the daemon does not serve /metrics")
+	return d
 }
 
 func (e *env) executions() []reconciler.Execution {
