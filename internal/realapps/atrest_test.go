@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestAtRestNothingDrifts deploys each app as written through dev and prod, over smart HTTP
@@ -47,6 +48,16 @@ func assertAtRest(t *testing.T, e *env, d *daemon) {
 	t.Helper()
 	settle(t, e.devCS, e.devNS())
 	settle(t, e.prodCS, e.prodNS())
+	// One drift check of each stage after the controllers settled: it compares what changed
+	// since the apply (the status the controllers wrote) and finds it in sync.
+	checked := func(m map[string]float64, stage string) float64 {
+		return sum(m, "ebb_drift_checks_total", `pipeline="`+e.name+`"`, `stage="`+stage+`"`, `result="in-sync"`)
+	}
+	settled := scrape(t, d.port)
+	require.Eventually(t, func() bool {
+		m := scrape(t, d.port)
+		return checked(m, "dev") > checked(settled, "dev") && checked(m, "prod") > checked(settled, "prod")
+	}, 10*resync, 100*time.Millisecond, "no drift check found the stages in sync")
 	devBefore, prodBefore := liveObjects(t, e.devDyn, e.devNS(), e.name), liveObjects(t, e.prodDy, e.prodNS(), e.name)
 	requestsBefore := scrape(t, d.port)
 	executions := len(e.executions())
@@ -54,10 +65,19 @@ func assertAtRest(t *testing.T, e *env, d *daemon) {
 	time.Sleep(3*resync + resync/2) // three drift checks
 
 	m := scrape(t, d.port)
-	// The checks ran: they read both stages' clusters meanwhile.
-	for _, cluster := range []string{"dev", "prod"} {
-		assert.Greater(t, sum(m, "ebb_kube_requests_total", `cluster="`+cluster+`"`), sum(requestsBefore, "ebb_kube_requests_total", `cluster="`+cluster+`"`),
-			"no request reached cluster %s during three resyncs: did the drift checks run?", cluster)
+	// The checks ran, found both stages in sync, and (the objects being unchanged since they
+	// were last found in sync) sent no request to either stage's cluster.
+	for _, stage := range []string{"dev", "prod"} {
+		checks := sum(m, "ebb_drift_checks_total", `pipeline="`+e.name+`"`, `stage="`+stage+`"`, `result="in-sync"`) -
+			sum(requestsBefore, "ebb_drift_checks_total", `pipeline="`+e.name+`"`, `stage="`+stage+`"`, `result="in-sync"`)
+		assert.GreaterOrEqual(t, checks, 3.0, "in-sync drift checks of stage %s during three resyncs", stage)
+		assert.Zero(t, sum(m, "ebb_drift_checks_total", `pipeline="`+e.name+`"`, `stage="`+stage+`"`, `result="error"`), "drift checks that failed")
+	}
+	// No request to either stage's cluster (only the home's Lease, by design, is left out).
+	_, _, by := requests(requestsBefore, m)
+	for series, n := range by {
+		assert.NotContains(t, series, `cluster="dev"`, "%g requests at rest: %s", n, series)
+		assert.NotContains(t, series, `cluster="prod"`, "%g requests at rest: %s", n, series)
 	}
 	assert.Zero(t, sum(m, "ebb_drift_total", `pipeline="`+e.name+`"`), "drift reported at rest: %v", series(m, "ebb_drift_total", `pipeline="`+e.name+`"`))
 	assert.Empty(t, driftEvents(t, e.devCS, e.devNS()), "DriftRestored Events in dev")

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // TestHandEditsAreRestored edits kustomize-guestbook's objects in dev by hand, one after the
@@ -34,11 +35,16 @@ func TestHandEditsAreRestored(t *testing.T) {
 		return err == nil && d.Spec.Replicas != nil && *d.Spec.Replicas == 1
 	}, restored, 100*time.Millisecond, "the Deployment scaled by hand was not scaled back to 1")
 
-	d, err := deployments.Get(ctx, name, metav1.GetOptions{})
-	require.NoError(t, err)
-	d.Spec.Template.Spec.Containers[0].Image = kustomizeGuestbook.image + ":by-hand"
-	_, err = deployments.Update(ctx, d, metav1.UpdateOptions{})
-	require.NoError(t, err)
+	// The controller still writes the Deployment after the scale: edit the latest version.
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d, err := deployments.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		d.Spec.Template.Spec.Containers[0].Image = kustomizeGuestbook.image + ":by-hand"
+		_, err = deployments.Update(ctx, d, metav1.UpdateOptions{})
+		return err
+	}))
 	assert.Eventually(t, func() bool {
 		return image(t, e.devCS, ns, name) == e.imageOf(kustomizeGuestbook.tag)
 	}, restored, 100*time.Millisecond, "the image changed by hand was not restored")

@@ -20,6 +20,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -102,17 +103,20 @@ func TestAPIServerOutageDuringVerification(t *testing.T) {
 	assert.Equal(t, e.imageOf("v6"), image(t, e.prodCS, e.prodNS(), guestbook.service), "prod's image")
 }
 
-// TestForbiddenListWaits deploys with an identity that, after the first release, may do
-// everything a release needs except list ConfigMaps. The next release is not flapped between
-// the two releases (the Deployment's generation grows once, for the new image), and its one
-// execution is WAITING, as a failure of the cluster, saying what is forbidden, and tries
-// again with a growing back-off.
-func TestForbiddenListWaits(t *testing.T) {
+// TestForbiddenWaits deploys with an identity whose rights are cut after the first release.
+// First it may no longer list ConfigMaps: ebb never needs to (it prunes by inventory, not by
+// listing kinds), so the next release completes, its Deployment updated once, not flapped.
+// Then it may no longer patch Services, which applying the release needs: the next release's
+// one execution is WAITING, as a failure of the cluster, saying what is forbidden, and tries
+// again with a growing back-off, never rolling back and never touching the Deployment. Once the
+// right is back, that execution completes.
+func TestForbiddenWaits(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const user = "realapps-deployer"
 	admin := kubernetes.NewForConfigOrDie(dev.Config)
 	lists := grant(t, admin, user, "list-configmaps", rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"list"}})
+	patches := grant(t, admin, user, "patch-services", rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"patch"}})
 	grant(t, admin, user, "deploy", deployerRules()...)
 	cfg, err := dev.UserConfig(user)
 	require.NoError(t, err)
@@ -128,31 +132,42 @@ func TestForbiddenListWaits(t *testing.T) {
 		require.NoError(t, err)
 		return dep.Generation
 	}
-	good := generation()
-
-	// Someone tightens RBAC: the identity may no longer list ConfigMaps.
-	require.NoError(t, admin.RbacV1().ClusterRoleBindings().Delete(ctx, lists, metav1.DeleteOptions{}))
 	as := kubernetes.NewForConfigOrDie(cfg)
+
+	// The identity may no longer list ConfigMaps: nothing ebb does needs it.
+	require.NoError(t, admin.RbacV1().ClusterRoleBindings().Delete(ctx, lists, metav1.DeleteOptions{}))
 	require.Eventually(t, func() bool {
 		_, err := as.CoreV1().ConfigMaps(e.devNS()).List(ctx, metav1.ListOptions{})
 		return apierrors.IsForbidden(err)
 	}, 30*time.Second, 50*time.Millisecond, "the identity may still list ConfigMaps")
+	good := generation()
+	e.requireCompleted(e.release("v6", "release v6"))
+	settle(t, e.devCS, e.devNS())
+	assert.Equal(t, good+1, generation(), "the Deployment is updated once for the new image, not flapped")
+	assert.Empty(t, e.rollbacks(), "a forbidden list started a rollback")
 
-	sha := e.release("v6", "release v6")
+	// The identity may no longer patch Services, which applying a release needs.
+	require.NoError(t, admin.RbacV1().ClusterRoleBindings().Delete(ctx, patches, metav1.DeleteOptions{}))
+	require.Eventually(t, func() bool {
+		_, err := as.CoreV1().Services(e.devNS()).Patch(ctx, guestbook.service, types.MergePatchType, []byte(`{}`), metav1.PatchOptions{})
+		return apierrors.IsForbidden(err)
+	}, 30*time.Second, 50*time.Millisecond, "the identity may still patch Services")
+	good = generation()
+	sha := e.release("v7", "release v7")
 	highest := good
-	lists0 := sum(scrape(t, d.port), "ebb_kube_requests_total", `cluster="dev"`, `resource="configmaps"`, `verb="GET"`)
+	patches0 := sum(scrape(t, d.port), "ebb_kube_requests_total", `cluster="dev"`, `resource="services"`, `verb="PATCH"`)
 	var attempts []time.Time
-	last := lists0
-	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+	last := patches0
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		highest = max(highest, generation())
-		if n := sum(scrape(t, d.port), "ebb_kube_requests_total", `cluster="dev"`, `resource="configmaps"`, `verb="GET"`); n > last {
+		if n := sum(scrape(t, d.port), "ebb_kube_requests_total", `cluster="dev"`, `resource="services"`, `verb="PATCH"`); n > last {
 			last = n
 			attempts = append(attempts, time.Now())
 		}
 	}
 
-	assert.Empty(t, e.rollbacks(), "a forbidden list started a rollback")
-	assert.LessOrEqual(t, highest, good+1, "the release flapped: the Deployment's generation grew from %d to %d", good, highest)
+	assert.Empty(t, e.rollbacks(), "a forbidden patch started a rollback")
+	assert.Equal(t, good, highest, "the Deployment was changed while its Service could not be applied")
 	list := e.deploys(sha)
 	require.NotEmpty(t, list, "no execution of the release: %s", e.describeAll())
 	assert.Equal(t, 1, len(list), "one execution per attempt: %s", e.describeAll())
@@ -160,15 +175,21 @@ func TestForbiddenListWaits(t *testing.T) {
 	assert.Equal(t, reconciler.Waiting, x.Status.Phase, describe(x))
 	assert.Equal(t, reconciler.FailureWaiting, x.Status.Failure, "status.failure of %s", describe(x))
 	comment := strings.ToLower(x.Status.Comment)
-	for _, word := range []string{"forbidden", "list", "configmaps"} {
+	for _, word := range []string{"forbidden", "patch", "services"} {
 		assert.Contains(t, comment, word, "the comment does not say what is forbidden")
 	}
 	tries := distinct(attempts, 500*time.Millisecond)
-	t.Logf("ConfigMap reads: %.0f in 30s, in %d bursts at %s", last-lists0, len(tries), offsets(tries))
-	if assert.GreaterOrEqual(t, len(tries), 3, "the forbidden list was not tried again") {
+	t.Logf("Service patches: %.0f in 20s, in %d bursts at %s", last-patches0, len(tries), offsets(tries))
+	if assert.GreaterOrEqual(t, len(tries), 3, "the forbidden patch was not tried again") {
 		first, final := tries[1].Sub(tries[0]), tries[len(tries)-1].Sub(tries[len(tries)-2])
 		assert.Greater(t, final, 2*first, "the back-off does not grow: tries at %s", offsets(tries))
 	}
+
+	// The right is back: the same execution goes on and completes.
+	grant(t, admin, user, "patch-services-again", rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"patch"}})
+	x = e.waitDone(sha, 2*time.Minute)
+	assert.Equal(t, reconciler.Completed, x.Status.Phase, describe(x))
+	assert.Equal(t, 1, len(e.deploys(sha)), "executions of the release: %s", e.describeAll())
 }
 
 // grant gives user a ClusterRole of rules, bound cluster-wide, both named realapps-<name>, and
@@ -193,11 +214,13 @@ func grant(t *testing.T, cs kubernetes.Interface, user, name string, rules ...rb
 }
 
 // deployerRules allow everything a release of the apps needs, in every namespace, except
-// listing ConfigMaps: RBAC only adds, so each resource is named.
+// listing ConfigMaps and patching Services (granted apart, so a test can take them away):
+// RBAC only adds, so each resource is named.
 func deployerRules() []rbacv1.PolicyRule {
 	all := []string{"*"}
 	return []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"namespaces", "services", "secrets", "serviceaccounts", "pods", "endpoints", "events", "persistentvolumeclaims"}, Verbs: all},
+		{APIGroups: []string{""}, Resources: []string{"namespaces", "secrets", "serviceaccounts", "pods", "endpoints", "events", "persistentvolumeclaims"}, Verbs: all},
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "watch", "create", "update", "patch", "delete"}},
 		{APIGroups: []string{"apps", "autoscaling", "policy", "networking.k8s.io", "discovery.k8s.io", "events.k8s.io"}, Resources: all, Verbs: all},
 	}
