@@ -165,7 +165,11 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 	release.Reason = fmt.Sprintf("task %q: %v", task, unwrapTask(cause))
 	trigger := fmt.Sprintf("stage %s, task %q failed at commit %s: %v", d.Stage.Name, task, short(t.Commit.SHA), unwrapTask(cause))
 	if class == FailureStalled {
-		trigger += " (the release or the pipeline must change: it is not tried again until a commit changes it)"
+		where := "the release or the pipeline"
+		if file := t.Pipeline.File; file != "" {
+			where = fmt.Sprintf("the release or the pipeline (%s, manifests %s)", file, t.Pipeline.ManifestsOf(d.Stage))
+		}
+		trigger += " (" + where + " must change: it is not tried again until a commit changes it)"
 	}
 	applied := wroteCluster(rec, cause)
 	switch {

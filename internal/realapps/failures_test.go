@@ -44,6 +44,7 @@ func TestBlueGreenWithoutServiceStalls(t *testing.T) {
 	assert.Equal(t, reconciler.Failed, x.Status.Phase, describe(x))
 	assert.Equal(t, reconciler.FailureStalled, x.Status.Failure, "status.failure of %s", describe(x))
 	assert.Contains(t, x.Status.Comment, "Service")
+	assert.Contains(t, x.Status.Comment, "pipelines/"+e.name+".yaml", "the comment names the pipeline's file")
 
 	time.Sleep(5 * resync)
 	assert.Equal(t, 1, len(e.executions()), "the stalled release ran again: %s", e.describeAll())
