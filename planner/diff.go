@@ -13,20 +13,20 @@ import (
 	"ebb.dev/ebb/internal/ssa"
 )
 
-// Action is what applying a release would do to one object.
-type Action string
+// Action is what applying a release would do to one object: the apply engine's.
+type Action = ssa.Action
 
 // The actions a plan reports.
 const (
 	// Created: the object does not exist yet.
-	Created Action = "created"
+	Created = ssa.Created
 	// Configured: the object exists and applying the release changes it.
-	Configured Action = "configured"
+	Configured = ssa.Configured
 	// Unchanged: applying the release would not change the object.
-	Unchanged Action = "unchanged"
+	Unchanged = ssa.Unchanged
 	// Pruned: the object is in the stage's inventory but no longer in the release; the
 	// reconciler deletes it once the release is verified.
-	Pruned Action = "to be pruned"
+	Pruned = ssa.Pruned
 )
 
 // Change is the planned action on one object.
@@ -116,7 +116,7 @@ func (d *Differ) Diff(ctx context.Context, rel *Release, inventory ssa.Inventory
 		if err != nil {
 			return nil, fmt.Errorf("diff %s of stage %q of pipeline %q: %w", RefOf(obj), rel.Stage, rel.Pipeline, err)
 		}
-		plan.Changes = append(plan.Changes, Change{Action: Action(c.Action), Object: RefOf(obj), Diff: c.Diff})
+		plan.Changes = append(plan.Changes, Change{Action: c.Action, Object: RefOf(obj), Diff: c.Diff})
 	}
 	res, err := d.ssa.Prune(ctx, inventory.Minus(ssa.InventoryOf(rel.Objects)), ssa.PruneOptions{Owner: owner, DryRun: true})
 	if err != nil {

@@ -120,11 +120,3 @@ func findObject(objs []*unstructured.Unstructured, id ssa.ObjMeta) *unstructured
 	}
 	return nil
 }
-
-func describeAll(objs []*unstructured.Unstructured) []string {
-	out := make([]string, len(objs))
-	for i, o := range objs {
-		out[i] = describe(o)
-	}
-	return out
-}

@@ -65,7 +65,7 @@ func TestBlueGreenExampleWithGates(t *testing.T) {
 	require.NoError(t, prom.WaitForSamples(waitCtx, "ebb_e2e_error_ratio", 1))
 
 	// The example, with this machine's addresses and short waits.
-	require.NoError(t, copyTree(filepath.Join(moduleRoot, "examples", "blue-green"), e.repo.Dir))
+	require.NoError(t, os.CopyFS(e.repo.Dir, os.DirFS(filepath.Join(moduleRoot, "examples", "blue-green"))))
 	pipeline := filepath.Join(e.repo.Dir, "pipelines", "shop.yaml")
 	edit(t, pipeline,
 		"http://{service}.shop-dev.svc/healthz", health.URL+"/health/{service}",
@@ -166,21 +166,3 @@ func edit(t *testing.T, path string, oldNew ...string) {
 	require.NoError(t, os.WriteFile(path, []byte(s), 0o644))
 }
 
-// copyTree copies the regular files under src into dst.
-func copyTree(src, dst string) error {
-	return filepath.Walk(src, func(path string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		target := filepath.Join(dst, rel)
-		if info.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, data, 0o644)
-	})
-}

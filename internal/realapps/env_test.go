@@ -136,7 +136,7 @@ clusters:
 - name: prod
   kubeconfig: %s
 `, opts.devKubeconfig, prod.Kubeconfig)), 0o600))
-	require.NoError(t, copyTree(filepath.Join(testdata, a.dir), e.appDir()))
+	require.NoError(t, os.CopyFS(e.appDir(), os.DirFS(filepath.Join(testdata, a.dir))))
 	return e
 }
 
@@ -444,21 +444,3 @@ func short(sha string) string {
 	return sha
 }
 
-// copyTree copies the regular files under src into dst.
-func copyTree(src, dst string) error {
-	return filepath.Walk(src, func(path string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		target := filepath.Join(dst, rel)
-		if info.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, data, 0o644)
-	})
-}

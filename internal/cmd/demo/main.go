@@ -16,7 +16,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -125,7 +124,7 @@ func (d *demo) setUp(ctx context.Context, dir, ebb string) error {
 	if d.repo, err = gitserver.Init(filepath.Join(d.dir, "repo")); err != nil {
 		return err
 	}
-	if err := copyTree(filepath.Join(d.root, "examples", "rolling-upgrade"), d.repo.Dir); err != nil {
+	if err := os.CopyFS(d.repo.Dir, os.DirFS(filepath.Join(d.root, "examples", "rolling-upgrade"))); err != nil {
 		return err
 	}
 	if _, err := d.repo.Commit("Add the rolling-upgrade example"); err != nil {
@@ -328,21 +327,3 @@ func (d *demo) close() {
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }
 
-// copyTree copies the regular files under src into dst.
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		target := filepath.Join(dst, rel)
-		if e.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, data, 0o644)
-	})
-}
