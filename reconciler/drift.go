@@ -15,11 +15,7 @@ import (
 // server stores in another form and fields other managers own are never drift. Objects changed
 // by hand (or gone) are applied again when the stage self-heals (the default); otherwise the
 // drift is only reported.
-func (r *Reconciler) checkDrift(ctx context.Context, t *Target) error {
-	ledgers, err := r.ledgers(ctx, t)
-	if err != nil {
-		return err
-	}
+func (r *Reconciler) checkDrift(ctx context.Context, t *Target, ledgers map[string]*StageLedgerStatus) error {
 	for i := range t.Stages {
 		d := &t.Stages[i]
 		cur := ledgers[d.Stage.Name].Current

@@ -364,7 +364,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 				rr := &run{r: r, x: x, log: log}
 				return rr.setPhase(ctx, Canceled, "nothing to run: "+d.reason)
 			}
-			return r.checkDrift(ctx, t)
+			return r.checkDrift(ctx, t, ledgers)
 		}
 		// One commit never runs twice, also across restarts: a failure of the cluster is
 		// waited out by the execution itself (untilClusterAnswers).
@@ -417,10 +417,12 @@ func (r *Reconciler) executionFor(ctx context.Context, t *Target) (*Execution, e
 	return nil, nil
 }
 
+// ledgers returns the status of each stage's ledger, shared and read-only: change one with
+// updateLedger.
 func (r *Reconciler) ledgers(ctx context.Context, t *Target) (map[string]*StageLedgerStatus, error) {
-	out := map[string]*StageLedgerStatus{}
+	out := make(map[string]*StageLedgerStatus, len(t.Stages))
 	for _, d := range t.Stages {
-		l, err := r.ledger(ctx, t.Name(), d.Stage.Name)
+		l, err := r.sharedLedger(ctx, t.Name(), d.Stage.Name)
 		if err != nil {
 			return nil, err
 		}
