@@ -24,7 +24,7 @@ func (e *run) deploy(ctx context.Context, t *Target, d decision) error {
 	}
 	comment := e.x.Status.Comment
 	if d.redeployOf != nil {
-		comment = redeployComment(t, d.redeployOf)
+		comment = joinComments(comment, redeployComment(t, d.redeployOf))
 	}
 	if err := e.setPhase(ctx, Running, comment); err != nil {
 		return err
@@ -95,6 +95,13 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		return e.save(ctx)
 	}
 	return e.stageFailed(ctx, t, d, rec, ledger.Status.LastKnownGood, release, err)
+}
+
+func joinComments(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // unclassifiedAttempts is how often an error nobody classified is tried before it counts as

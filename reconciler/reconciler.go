@@ -264,7 +264,7 @@ func (w *worker) queue(ctx context.Context, t *Target) {
 		return
 	}
 	w.cancelQueued(ctx, "superseded by commit "+short(t.Commit.SHA))
-	if existing, _ := w.r.executionFor(ctx, t); existing != nil {
+	if prior, newer, err := w.r.priorRun(ctx, t); err != nil || prior != nil && newer == nil {
 		return
 	}
 	if ledgers, err := w.r.ledgers(ctx, t); err != nil || !decide(t, ledgers).deploy {
@@ -368,10 +368,15 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 		// One commit never runs twice, also across restarts: a failure of the cluster is
 		// waited out by the execution itself (untilClusterAnswers).
+		comment := ""
 		if x == nil {
-			prior, err := r.executionFor(ctx, t)
-			if err != nil || prior != nil {
+			prior, newer, err := r.priorRun(ctx, t)
+			if err != nil || prior != nil && newer == nil {
 				return err
+			}
+			if prior != nil {
+				comment = movedBack(t, prior, newer)
+				log.Info("the branch moved back to a commit that ran before", "previous", prior.Spec.DisplayName, "since", newer.Spec.DisplayName)
 			}
 			x = &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
 			x.Status.Phase = Running
@@ -381,7 +386,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			}
 			x = created
 		}
-		x.Status.Comment = ""
+		x.Status.Comment = comment
 	}
 	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName)}
 	if err := rr.deploy(ctx, t, d); err != nil {
@@ -403,18 +408,34 @@ const retryMax = time.Hour
 // while it ran, such as one whose approval expired, ran: its commit is not tried again.
 func ran(x *Execution) bool { return x.Status.Phase != Canceled || x.Status.StartedAt != nil }
 
-// executionFor returns the Deploy execution already recorded for t's commit, if any.
-func (r *Reconciler) executionFor(ctx context.Context, t *Target) (*Execution, error) {
+// priorRun returns the newest Deploy execution that ran t's commit, if any, and the newest
+// one that ran another commit after it, if any. A commit runs once: but when another commit
+// ran since, the branch moved back to t's commit (a reset and a force-push), and the stage
+// must follow it again.
+func (r *Reconciler) priorRun(ctx context.Context, t *Target) (prior, newer *Execution, err error) {
 	all, err := r.store.ListExecutions(ctx, t.Name())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for i := len(all) - 1; i >= 0; i-- {
-		if all[i].Spec.Kind == KindDeploy && all[i].Spec.Commit == t.Commit.SHA && ran(&all[i]) {
-			return &all[i], nil
+		x := &all[i]
+		if x.Spec.Kind != KindDeploy || !ran(x) {
+			continue
+		}
+		if x.Spec.Commit == t.Commit.SHA {
+			return x, newer, nil
+		}
+		if newer == nil {
+			newer = x
 		}
 	}
-	return nil, nil
+	return nil, nil, nil
+}
+
+// movedBack says that the branch moved back to t's commit.
+func movedBack(t *Target, prior, newer *Execution) string {
+	return fmt.Sprintf("the branch moved back to commit %s (reset or rewritten), which %s ran before; %s ran commit %s since",
+		short(t.Commit.SHA), prior.Spec.DisplayName, newer.Spec.DisplayName, short(newer.Spec.Commit))
 }
 
 // ledgers returns the status of each stage's ledger, shared and read-only: change one with

@@ -355,3 +355,26 @@ func TestUnreachableClusterWaitsInPlace(t *testing.T) {
 	f.settle()
 	assert.Len(t, f.executions(), 1, "one execution, however many attempts")
 }
+
+// TestBranchMovedBack: a reset and force-push puts the branch back on a commit that ran
+// before. The stage follows it, in an execution whose comment says so, and only once.
+func TestBranchMovedBack(t *testing.T) {
+	f := newFixture(t, true)
+	c1 := f.commit("c1", "release 1.0", "1.0")
+	f.sync(c1)
+	f.waitFor("web#1", Completed)
+	f.sync(f.commit("c2", "release 1.1", "1.1"))
+	f.waitFor("web#2", Completed)
+	require.Equal(t, "registry.example/web:1.1", f.image())
+
+	f.sync(c1) // git reset --hard HEAD~1 && git push -f
+	x := f.waitFor("web#3", Completed)
+	assert.Equal(t, "c1", x.Spec.Commit)
+	assert.Contains(t, x.Status.Comment, "the branch moved back to commit c1 (reset or rewritten), which web#1 ran before; web#2 ran commit c2 since")
+	assert.Contains(t, x.Status.Comment, "redeploy of the release verified by web#1")
+	assert.Equal(t, "registry.example/web:1.0", f.image())
+
+	f.sync(c1) // the next poll of the same head
+	f.settle()
+	assert.Len(t, f.executions(), 3, "the commit runs once more, not at every poll")
+}
