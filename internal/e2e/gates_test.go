@@ -165,4 +165,3 @@ func edit(t *testing.T, path string, oldNew ...string) {
 	}
 	require.NoError(t, os.WriteFile(path, []byte(s), 0o644))
 }
-

@@ -443,4 +443,3 @@ func short(sha string) string {
 	}
 	return sha
 }
-

@@ -326,4 +326,3 @@ func (d *demo) close() {
 }
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }
-
