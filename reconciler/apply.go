@@ -115,7 +115,7 @@ func (r *Reconciler) apply(ctx context.Context, cluster *Cluster, pipeline, stag
 // now runs, and makes keep the inventory. Objects annotated ebb.dev/prune: disabled (and those
 // someone else took over) are kept in the cluster and leave the inventory.
 func (r *Reconciler) prune(ctx context.Context, cluster *Cluster, pipeline, stage string, keep []*unstructured.Unstructured) ([]ssa.Deletion, error) {
-	ledger, err := r.store.Ledger(ctx, pipeline, stage)
+	ledger, err := r.sharedLedger(ctx, pipeline, stage)
 	if err != nil {
 		return nil, err
 	}

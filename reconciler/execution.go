@@ -24,25 +24,50 @@ type run struct {
 var errParked = errors.New("parked for shutdown")
 
 // save writes the execution record. It uses a context of its own, so that a shutdown still
-// records what happened, and retries conflicts, since only this run writes its status.
+// records what happened. Only this run writes its status, so a conflict takes the newest
+// resourceVersion and writes again. While the home cluster does not answer, it tries again
+// with a growing back-off, for as long as it takes: nothing else happens to the pipeline
+// before its record says what happened (a shutdown meanwhile parks the run, and a restarted
+// daemon finds the last record that was saved).
 func (e *run) save(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
+	wait := 200 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		err := e.r.store.UpdateExecution(ctx, e.x)
-		if err == nil || attempt == 5 {
-			return err
+		err := e.saveOnce(ctx)
+		if err == nil {
+			return nil
 		}
-		if !apierrors.IsConflict(err) {
-			time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+		if apierrors.IsConflict(err) && attempt < 5 {
 			continue
 		}
-		latest, gerr := e.r.store.GetExecution(ctx, e.x.Name)
-		if gerr != nil {
+		if classify(err) != FailureWaiting {
 			return err
 		}
-		e.x.ResourceVersion = latest.ResourceVersion
+		if ctx.Err() != nil {
+			return errParked
+		}
+		if attempt == 3 {
+			e.log.Warn("the execution record cannot be saved; trying again until the home cluster answers", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return errParked
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
 	}
+}
+
+// saveOnce writes the record once; a conflict refreshes its resourceVersion.
+func (e *run) saveOnce(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := e.r.store.UpdateExecution(ctx, e.x)
+	if apierrors.IsConflict(err) {
+		if latest, gerr := e.r.store.GetExecution(ctx, e.x.Name); gerr == nil {
+			e.x.ResourceVersion = latest.ResourceVersion
+		}
+	}
+	return err
 }
 
 // setPhase records the execution's status and comment.

@@ -106,10 +106,22 @@ func (r *Reconciler) Resume(ctx context.Context) error {
 	}
 	active := map[string]*Execution{}
 	queued := map[string]*Execution{}
-	var superseded []*Execution
+	var superseded, stale []*Execution
+	newest := map[string]int{} // pipeline -> number of its newest Deploy execution that ended
+	for i := range all {
+		if x := &all[i]; x.Spec.Kind == KindDeploy && x.Status.Phase.Terminal() && ran(x) {
+			newest[x.Spec.Pipeline] = max(newest[x.Spec.Pipeline], x.Spec.Number)
+		}
+	}
 	for i := range all {
 		x := &all[i]
 		if x.Status.Phase.Terminal() || x.Spec.Kind != KindDeploy {
+			continue
+		}
+		if x.Status.Phase != Queued && newest[x.Spec.Pipeline] > x.Spec.Number {
+			// A newer execution ran while this one's record could not be written: the
+			// cluster and the ledgers are that one's now, and resuming would undo them.
+			stale = append(stale, x)
 			continue
 		}
 		slot := active
@@ -124,6 +136,13 @@ func (r *Reconciler) Resume(ctx context.Context) error {
 	for _, x := range superseded {
 		rr := &run{r: r, x: x, log: r.log.With("execution", x.Spec.DisplayName)}
 		if err := rr.setPhase(ctx, Canceled, "superseded while the daemon was down"); err != nil {
+			return err
+		}
+	}
+	for _, x := range stale {
+		rr := &run{r: r, x: x, log: r.log.With("execution", x.Spec.DisplayName)}
+		if err := rr.setPhase(ctx, Canceled, fmt.Sprintf("not resumed: %s ran after it while its record could not be saved",
+			DisplayName(x.Spec.Pipeline, newest[x.Spec.Pipeline]))); err != nil {
 			return err
 		}
 	}

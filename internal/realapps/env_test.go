@@ -63,6 +63,7 @@ type env struct {
 	store     *reconciler.Store
 	config    string // the daemon config file
 
+	home           *testcluster.Cluster // where the records live
 	devCluster     *testcluster.Cluster // where the dev stage deploys
 	devCS, prodCS  kubernetes.Interface // as cluster administrator
 	devDyn, prodDy dynamic.Interface
@@ -79,6 +80,8 @@ type envOptions struct {
 	server bool
 	// devCluster is where the dev stage deploys; default dev.
 	devCluster *testcluster.Cluster
+	// home holds the records (with ebb's CRDs installed); default dev.
+	home *testcluster.Cluster
 	// devKubeconfig is how the daemon reaches the dev stage's cluster; default its
 	// administrator's kubeconfig.
 	devKubeconfig string
@@ -95,17 +98,20 @@ func newEnv(t testing.TB, name string, a app, opts envOptions) *env {
 	if opts.devKubeconfig == "" {
 		opts.devKubeconfig = opts.devCluster.Kubeconfig
 	}
+	if opts.home == nil {
+		opts.home = dev
+	}
 	e := &env{
-		t: t, name: name, app: a, dir: t.TempDir(), devCluster: opts.devCluster,
+		t: t, name: name, app: a, dir: t.TempDir(), devCluster: opts.devCluster, home: opts.home,
 		devCS: kubernetes.NewForConfigOrDie(opts.devCluster.Config), prodCS: kubernetes.NewForConfigOrDie(prod.Config),
 		devDyn: dynamic.NewForConfigOrDie(opts.devCluster.Config), prodDy: dynamic.NewForConfigOrDie(prod.Config),
 		model: "rolling",
 	}
-	home := kubernetes.NewForConfigOrDie(dev.Config)
+	home := kubernetes.NewForConfigOrDie(opts.home.Config)
 	ns, err := home.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ebb-" + name + "-"}}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	e.records = ns.Name
-	e.store = reconciler.NewStore(dynamic.NewForConfigOrDie(dev.Config), e.records)
+	e.store = reconciler.NewStore(dynamic.NewForConfigOrDie(opts.home.Config), e.records)
 	t.Cleanup(func() {
 		deleteNamespace(t, home, e.records)
 		deleteNamespace(t, e.devCS, e.devNS())
@@ -241,7 +247,7 @@ func (e *env) startDaemon(extra ...string) *daemon {
 	port := freePort(e.t)
 	args := append([]string{"run",
 		"--repo", e.repoURL, "--branch", "main", "--config", e.config,
-		"--kubeconfig", dev.Kubeconfig, "--namespace", e.records,
+		"--kubeconfig", e.home.Kubeconfig, "--namespace", e.records,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--interval", "1s", "--resync", resync.String(), "--log-level", "debug",
 		"--cache-dir", filepath.Join(e.dir, "cache"),

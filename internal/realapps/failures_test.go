@@ -21,8 +21,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 
 	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/reconciler"
@@ -336,4 +338,107 @@ func offsets(times []time.Time) string {
 		out = append(out, at.Sub(times[0]).Round(100*time.Millisecond).String())
 	}
 	return "[" + strings.Join(out, " ") + "]"
+}
+
+// TestHomeAPIServerOutageDuringVerification kills the API server of the home cluster, where
+// the records and the leader Lease live, while the dev stage verifies a release, keeps it down
+// until the verification is over (so its outcome cannot be recorded), starts it again, pushes
+// the next release at once, and then kills and restarts the daemon. Whether the daemon waited
+// to record the outcome or lost its Lease and resumed after the restart, the records end true:
+// one execution of each release, no rollback, both ledgers on the newest release (never
+// overwritten by the older execution); and drift is corrected afterwards.
+func TestHomeAPIServerOutageDuringVerification(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	home := testcluster.StartT(t, testcluster.Options{Name: "home"})
+	root, err := testcluster.ModuleRoot()
+	require.NoError(t, err)
+	require.NoError(t, reconciler.InstallCRDs(ctx, dynamic.NewForConfigOrDie(home.Config), filepath.Join(root, "charts", "ebb", "crds")))
+	var armed atomic.Bool
+	var probes atomic.Int64
+	started, passed := make(chan struct{}), make(chan struct{})
+	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if armed.Load() {
+			switch probes.Add(1) {
+			case 1:
+				close(started)
+			case 10:
+				close(passed)
+			}
+		}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	t.Cleanup(health.Close)
+
+	e := newEnv(t, "homeout", guestbook, envOptions{home: home})
+	e.devHealth = fmt.Sprintf("{url: %q, interval: 200ms, successes: 10, failures: 3, timeout: 2m}", health.URL)
+	d := e.startDaemon("--retry-backoff", "1s")
+	e.requireCompleted(e.release(guestbook.tag, "release v5 as written"))
+
+	armed.Store(true)
+	sha := e.release("v6", "release v6")
+	select {
+	case <-started:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the dev stage's health check never started: %s", e.describeAll())
+	}
+	require.NoError(t, home.StopAPIServer())
+	select {
+	case <-passed:
+	case <-time.After(time.Minute):
+		t.Fatal("the health check did not pass during the outage")
+	}
+	// The outcome cannot be recorded for a few seconds: fewer than the Lease's 10s renewal
+	// deadline, so the daemon keeps leading.
+	time.Sleep(3 * time.Second)
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	require.NoError(t, home.StartAPIServer(startCtx))
+	// The next commit arrives as soon as the home answers again.
+	armed.Store(false)
+	next := e.release("v7", "release v7")
+	e.waitFor(next, time.Minute, "complete before the restart (unless the daemon lost its Lease)", func(x *reconciler.Execution) bool {
+		return x.Status.Phase.Terminal()
+	})
+	d.Kill()
+	e.startDaemon("--retry-backoff", "1s")
+
+	x := e.waitDone(next, 3*time.Minute)
+	assert.Equal(t, reconciler.Completed, x.Status.Phase, "%s; all: %s", describe(x), e.describeAll())
+	e.waitFor(sha, time.Minute, "end", func(x *reconciler.Execution) bool { return x.Status.Phase.Terminal() })
+	assert.Equal(t, 1, len(e.deploys(sha)), "executions of release v6: %s", e.describeAll())
+	assert.Equal(t, 1, len(e.deploys(next)), "executions of release v7: %s", e.describeAll())
+	assert.Empty(t, e.rollbacks(), "an outage of the home cluster started a rollback")
+	// The ledgers follow what runs: v7, whatever became of v6's execution.
+	for _, stage := range []string{"dev", "prod"} {
+		ledger, err := e.store.Ledger(ctx, e.name, stage)
+		require.NoError(t, err)
+		require.NotNil(t, ledger.Status.Current, stage)
+		assert.Equal(t, next, ledger.Status.Current.Commit, "the %s ledger's current release", stage)
+		require.NotNil(t, ledger.Status.LastKnownGood, stage)
+		assert.Equal(t, next, ledger.Status.LastKnownGood.Commit, "the %s ledger's known-good release", stage)
+	}
+	assert.Equal(t, e.imageOf("v7"), image(t, e.devCS, e.devNS(), guestbook.service), "dev's image")
+	time.Sleep(3 * resync) // the resumed daemon's resyncs do not undo it
+	assert.Equal(t, e.imageOf("v7"), image(t, e.devCS, e.devNS(), guestbook.service), "dev's image")
+	for _, stage := range []string{"dev", "prod"} {
+		ledger, err := e.store.Ledger(ctx, e.name, stage)
+		require.NoError(t, err)
+		assert.Equal(t, next, ledger.Status.Current.Commit, "the %s ledger's current release", stage)
+	}
+
+	// The pipeline is still reconciled: a hand edit is restored.
+	deployments := e.devCS.AppsV1().Deployments(e.devNS())
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		dep, err := deployments.Get(ctx, guestbook.service, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		dep.Spec.Template.Spec.Containers[0].Image = guestbook.image + ":by-hand"
+		_, err = deployments.Update(ctx, dep, metav1.UpdateOptions{})
+		return err
+	}))
+	assert.Eventually(t, func() bool {
+		return image(t, e.devCS, e.devNS(), guestbook.service) == e.imageOf("v7")
+	}, 30*resync, 100*time.Millisecond, "the image changed by hand was not restored")
 }
