@@ -134,6 +134,11 @@ type ExecutionStatus struct {
 	StartedAt  *metav1.Time  `json:"startedAt,omitempty"`
 	FinishedAt *metav1.Time  `json:"finishedAt,omitempty"`
 	Stages     []StageRecord `json:"stages,omitempty"`
+	// ObservedGeneration and Conditions (Ready, Reconciling, Stalled) say the same as Phase,
+	// in the form kstatus, `kubectl wait` and Argo CD and Flux health checks read. The store
+	// sets them from Phase and Failure on every write (see executionConditions).
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // StageRecord is one stage of an execution.
@@ -181,6 +186,10 @@ type StageLedgerStatus struct {
 	Verified []ReleaseRecord `json:"verified,omitempty"`
 	// Failed lists quarantined releases, newest first: they are never applied again by a poll.
 	Failed []ReleaseRecord `json:"failed,omitempty"`
+	// ObservedGeneration and Conditions summarise the ledger for kstatus and health checks;
+	// the store sets them on every write (see ledgerConditions).
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // ReleaseRecord identifies a release of a stage.
