@@ -36,13 +36,13 @@ func TestInstallAndRollbackWithChartRBAC(t *testing.T) {
 	_, err = in.admin.CoreV1().Services("ebb-system").Get(ctx, "ebb", metav1.GetOptions{})
 	assert.NoError(t, err)
 	crds := dynamic.NewForConfigOrDie(dev.Config).Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
-	for _, name := range []string{"executions.ebb.dev", "stageledgers.ebb.dev", "approvals.ebb.dev"} {
+	for _, name := range []string{"executions.ebb.dev", "stageledgers.ebb.dev", "pipelines.ebb.dev", "approvals.ebb.dev"} {
 		_, err := crds.Get(ctx, name, metav1.GetOptions{})
 		assert.NoError(t, err, name)
 	}
 	out, err := helm("--kubeconfig", dev.Kubeconfig, "status", "ebb", "--namespace", "ebb-system")
 	require.NoError(t, err, out)
-	assert.Contains(t, out, "kubectl -n ebb-system get executions,stageledgers", "NOTES.txt")
+	assert.Contains(t, out, "kubectl -n ebb-system get pipelines,executions,stageledgers", "NOTES.txt")
 
 	d := in.startDaemon()
 	require.Equal(t, http.StatusUnauthorized, d.hook("wrong-secret"), "the webhook checks the mounted secret")
