@@ -53,10 +53,10 @@ func (c Conditions) Apply(conds *[]metav1.Condition, generation int64) bool {
 	return changed
 }
 
-// condition returns a condition of status s.
-func condition(s bool, reason, message string) *metav1.Condition {
+// NewCondition returns a condition of status True when ok, else False, for Conditions.
+func NewCondition(ok bool, reason, message string) *metav1.Condition {
 	status := metav1.ConditionFalse
-	if s {
+	if ok {
 		status = metav1.ConditionTrue
 	}
 	return &metav1.Condition{Status: status, Reason: reason, Message: message}
@@ -69,7 +69,7 @@ func condition(s bool, reason, message string) *metav1.Condition {
 // the store calls it before every status write.
 func executionConditions(x *Execution) Conditions {
 	st := &x.Status
-	reason := phaseReason(st.Phase)
+	reason := PhaseReason(st.Phase)
 	message := st.Comment
 	if message == "" {
 		message = fmt.Sprintf("%s is %s", x.Spec.DisplayName, orPending(st.Phase))
@@ -77,17 +77,17 @@ func executionConditions(x *Execution) Conditions {
 	var c Conditions
 	switch {
 	case st.Phase == Completed:
-		c.Ready = *condition(true, reason, message)
+		c.Ready = *NewCondition(true, reason, message)
 	case !st.Phase.Terminal():
 		if st.Phase == Waiting && st.Failure == FailureWaiting {
 			reason = "WaitingForCluster"
 		}
-		c.Ready = *condition(false, reason, message)
-		c.Reconciling = condition(true, reason, message)
+		c.Ready = *NewCondition(false, reason, message)
+		c.Reconciling = NewCondition(true, reason, message)
 	default:
-		c.Ready = *condition(false, reason, message)
+		c.Ready = *NewCondition(false, reason, message)
 		if st.Failure == FailureStalled {
-			c.Stalled = condition(true, reason, message)
+			c.Stalled = NewCondition(true, reason, message)
 		}
 	}
 	return c
@@ -101,15 +101,15 @@ func ledgerConditions(l *StageLedger) Conditions {
 	var c Conditions
 	switch {
 	case st.Current != nil && st.Current.RestoredBy != "":
-		c.Ready = *condition(true, "RestoredKnownGood", fmt.Sprintf("stage %s runs %s, restored by %s", l.Spec.Stage, describeRelease(st.Current), st.Current.RestoredBy))
+		c.Ready = *NewCondition(true, "RestoredKnownGood", fmt.Sprintf("stage %s runs %s, restored by %s", l.Spec.Stage, describeRelease(st.Current), st.Current.RestoredBy))
 	case st.Current != nil:
-		c.Ready = *condition(true, "Verified", fmt.Sprintf("stage %s runs %s, verified by %s", l.Spec.Stage, describeRelease(st.Current), st.Current.Execution))
+		c.Ready = *NewCondition(true, "Verified", fmt.Sprintf("stage %s runs %s, verified by %s", l.Spec.Stage, describeRelease(st.Current), st.Current.Execution))
 	case len(st.Failed) > 0:
 		msg := fmt.Sprintf("stage %s has no verified release: %s failed (%s) and is quarantined until a commit changes it", l.Spec.Stage, describeRelease(&st.Failed[0]), st.Failed[0].Reason)
-		c.Ready = *condition(false, "ReleaseFailed", msg)
-		c.Stalled = condition(true, "ReleaseFailed", msg)
+		c.Ready = *NewCondition(false, "ReleaseFailed", msg)
+		c.Stalled = NewCondition(true, "ReleaseFailed", msg)
 	default:
-		c.Ready = *condition(false, "NoRelease", fmt.Sprintf("stage %s has no release yet", l.Spec.Stage))
+		c.Ready = *NewCondition(false, "NoRelease", fmt.Sprintf("stage %s has no release yet", l.Spec.Stage))
 	}
 	return c
 }
@@ -127,8 +127,8 @@ func describeRelease(r *ReleaseRecord) string {
 	return s
 }
 
-// phaseReason turns a phase into a condition reason: ROLLBACK_COMPLETED -> RollbackCompleted.
-func phaseReason(s Status) string {
+// PhaseReason turns a phase into a condition reason: ROLLBACK_COMPLETED -> RollbackCompleted.
+func PhaseReason(s Status) string {
 	if s == "" {
 		return "Pending"
 	}

@@ -24,7 +24,7 @@ func TestSavePipelineWritesOnlyChanges(t *testing.T) {
 	want.Status.LastPlannedCommit = NewCommitRef("0123456789abcdef", metav1.NewTime(time.Now().Truncate(time.Second)))
 	want.Status.Stages = []PipelineStage{{Name: "dev", Cluster: "dev", Namespace: "web-dev",
 		Current: &ReleaseRecord{Commit: "0123456789abcdef", ShortCommit: "0123456", Hash: "sha256:a", Execution: "Web_App#1"}}}
-	Conditions{Ready: *condition(true, "Succeeded", "commit 0123456 runs in every stage")}.Apply(&want.Status.Conditions, 0)
+	Conditions{Ready: *NewCondition(true, "Succeeded", "commit 0123456 runs in every stage")}.Apply(&want.Status.Conditions, 0)
 
 	stored, err := store.SavePipeline(ctx, want, nil)
 	require.NoError(t, err)
@@ -40,7 +40,7 @@ func TestSavePipelineWritesOnlyChanges(t *testing.T) {
 	assert.Equal(t, stored.ResourceVersion, again.ResourceVersion, "nothing changed: nothing written")
 
 	next := again.DeepCopy()
-	Conditions{Ready: *condition(false, "Progressing", "web#2 RUNNING"), Reconciling: condition(true, "Progressing", "web#2 RUNNING")}.Apply(&next.Status.Conditions, next.Generation)
+	Conditions{Ready: *NewCondition(false, "Progressing", "web#2 RUNNING"), Reconciling: NewCondition(true, "Progressing", "web#2 RUNNING")}.Apply(&next.Status.Conditions, next.Generation)
 	saved, err := store.SavePipeline(ctx, next, again)
 	require.NoError(t, err)
 	assert.NotEqual(t, again.ResourceVersion, saved.ResourceVersion)
@@ -75,7 +75,7 @@ func TestKubectlGetPipelines(t *testing.T) {
 	good := store.NewPipeline("web")
 	good.Spec.File, good.Spec.Enabled = "pipelines/web.yaml", true
 	good.Status.LastPlannedCommit = NewCommitRef("0123456789abcdef", now)
-	Conditions{Ready: *condition(true, "Succeeded", "commit 0123456 runs in stages dev, prod")}.Apply(&good.Status.Conditions, 0)
+	Conditions{Ready: *NewCondition(true, "Succeeded", "commit 0123456 runs in stages dev, prod")}.Apply(&good.Status.Conditions, 0)
 	_, err = store.SavePipeline(ctx, good, nil)
 	require.NoError(t, err)
 
@@ -83,7 +83,7 @@ func TestKubectlGetPipelines(t *testing.T) {
 	bad.Spec.File, bad.Spec.Enabled = "pipelines/api.yaml", true
 	bad.Status.LastPlannedCommit = NewCommitRef("0123456789abcdef", now)
 	msg := `pipelines/api.yaml:9:5: unknown field "strategy"`
-	Conditions{Ready: *condition(false, "InvalidPipeline", msg), Stalled: condition(true, "InvalidPipeline", msg)}.Apply(&bad.Status.Conditions, 0)
+	Conditions{Ready: *NewCondition(false, "InvalidPipeline", msg), Stalled: NewCondition(true, "InvalidPipeline", msg)}.Apply(&bad.Status.Conditions, 0)
 	_, err = store.SavePipeline(ctx, bad, nil)
 	require.NoError(t, err)
 
