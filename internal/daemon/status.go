@@ -129,27 +129,37 @@ func (s *statusWriter) poke() {
 	}
 }
 
-// run refreshes the Pipeline objects after each change until ctx ends. A failed refresh is
-// tried again after a while.
+// run refreshes the Pipeline objects after each change until ctx ends. After a failed
+// refresh it waits a while before the next, whatever changes meanwhile.
 func (s *statusWriter) run(ctx context.Context) {
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
-		case <-retry.C:
 		}
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, statusDebounce) {
 			return
-		case <-time.After(statusDebounce):
 		}
 		if err := s.refresh(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("update pipeline status; trying again in 10s", "err", err)
-			retry.Reset(10 * time.Second)
+			if !sleep(ctx, 10*time.Second) {
+				return
+			}
+			s.poke()
 		}
+	}
+}
+
+// sleep waits for d, and reports false when ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
