@@ -286,3 +286,27 @@ func TestKubectlWaitForExecution(t *testing.T) {
 	b, err = exec.Command(kubectl, "--kubeconfig", cluster.Kubeconfig, "-n", ns, "wait", "--for=condition=Stalled", "execution/"+failed.Name, "--timeout=10s").CombinedOutput()
 	assert.NoError(t, err, "a stalled execution says so: %s", b)
 }
+
+// TestResumeExecutionWithoutPhase: an execution whose status write after its create failed
+// has no phase. A restarted daemon takes it for queued, never started, and runs it.
+func TestResumeExecutionWithoutPhase(t *testing.T) {
+	f := newFixture(t, true)
+	target := f.commit("c1", "release 1.0", "1.0")
+	x := &Execution{Spec: ExecutionSpec{DisplayName: "web#1", Pipeline: "web", Number: 1, Kind: KindDeploy, Commit: "c1", ShortCommit: "c1"}}
+	x.APIVersion, x.Kind, x.Name, x.Namespace = Group+"/"+Version, "Execution", "web-1", f.records
+	x.Labels = map[string]string{LabelPipeline: "web", LabelKind: string(KindDeploy), LabelCommit: "c1"}
+	u, err := toUnstructured(x)
+	require.NoError(t, err)
+	_, err = f.r.Store().executions().Create(context.Background(), u, metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	restarted := New(f.r.opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); restarted.Wait() })
+	require.NoError(t, restarted.Resume(ctx))
+	restarted.Sync(ctx, []*Target{target})
+	done := f.waitFor("web#1", Completed)
+	assert.NotNil(t, done.Status.StartedAt)
+	assert.Len(t, f.executions(), 1, "the record without a phase is the commit's execution")
+	assert.Equal(t, "registry.example/web:1.0", f.image())
+}
