@@ -181,13 +181,13 @@ func (f pipelineFacts) errorMessage() string {
 	return msg
 }
 
-// executionMessage names an execution, its status and comment.
+// executionMessage names an execution, its status and comment. It leaves out the stage and
+// task, which change with every task: the Pipeline is written when the execution's status
+// changes, not at each of its steps (ebb execution NAME#N shows them).
 func executionMessage(x *reconciler.Execution) string {
 	msg := x.Spec.DisplayName + " " + string(x.Status.Phase)
 	if x.Status.Comment != "" {
 		msg += ": " + x.Status.Comment
-	} else if x.Status.Stage != "" {
-		msg += " in stage " + x.Status.Stage
 	}
 	return msg
 }

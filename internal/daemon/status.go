@@ -91,7 +91,10 @@ func (s *statusWriter) LedgerWritten(l *reconciler.StageLedger) {
 	s.poke()
 }
 
+// putLedger keeps what a Pipeline shows of a ledger: its current, last known-good and
+// failed releases. Called with s.mu held.
 func (s *statusWriter) putLedger(l *reconciler.StageLedger) {
+	l.Status.Verified, l.Status.Conditions, l.ManagedFields = nil, nil, nil
 	if s.ledgers[l.Spec.Pipeline] == nil {
 		s.ledgers[l.Spec.Pipeline] = map[string]*reconciler.StageLedger{}
 	}
