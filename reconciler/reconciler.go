@@ -111,9 +111,7 @@ func (r *Reconciler) Resume(ctx context.Context) error {
 			continue
 		}
 		slot := active
-		if x.Status.Phase == Queued || x.Status.Phase == "" {
-			// No phase: the status write after its create failed, so it never started.
-			x.Status.Phase = Queued
+		if x.Status.Phase == Queued {
 			slot = queued
 		}
 		if old := slot[x.Spec.Pipeline]; old != nil {

@@ -288,7 +288,8 @@ func TestKubectlWaitForExecution(t *testing.T) {
 }
 
 // TestResumeExecutionWithoutPhase: an execution whose status write after its create failed
-// has no phase. A restarted daemon takes it for queued, never started, and runs it.
+// has no phase and no task. A restarted daemon resumes it from its first task: the commit
+// runs once, in that record.
 func TestResumeExecutionWithoutPhase(t *testing.T) {
 	f := newFixture(t, true)
 	target := f.commit("c1", "release 1.0", "1.0")
