@@ -27,8 +27,6 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/openapi"
 	kyaml "sigs.k8s.io/kustomize/kyaml/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
-
-	"ebb.dev/ebb/planner/strictyaml"
 )
 
 // scratchRoot holds the kustomization ebb writes for a plain YAML directory. It is outside
@@ -148,7 +146,8 @@ func (r *Renderer) Render(repo *Repo, p *Pipeline, stage string) (*Release, erro
 // RenderAll renders every stage of every pipeline, as many at once as there are CPUs, and
 // returns the releases that rendered, in pipeline and stage order. A stage that fails does
 // not stop the others; its error is located at the field that set its manifests, and all of
-// them are returned as a strictyaml.ErrorList.
+// them are returned as RenderErrors, which name each failed stage's pipeline and also read as
+// a strictyaml.ErrorList.
 func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, error) {
 	type job struct {
 		p     *Pipeline
@@ -166,16 +165,20 @@ func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, err
 		j := jobs[i]
 		releases[i], failures[i] = r.Render(repo, j.p, j.p.Spec.Stages[j.stage].Name)
 	})
-	var errs strictyaml.ErrorList
+	var errs RenderErrors
 	rendered := releases[:0]
 	for i, rel := range releases {
 		if failures[i] != nil {
-			errs = append(errs, jobs[i].p.errorAt(jobs[i].p.manifestsField(jobs[i].stage), "%v", failures[i]))
+			p, stage := jobs[i].p, jobs[i].stage
+			errs = append(errs, &StageError{
+				Pipeline: p.Metadata.Name, Stage: p.Spec.Stages[stage].Name,
+				Err: p.errorAt(p.manifestsField(stage), "%v", failures[i]),
+			})
 			continue
 		}
 		rendered = append(rendered, rel)
 	}
-	errs.Sort()
+	errs.sort()
 	return rendered, errs.Err()
 }
 

@@ -2,7 +2,6 @@ package reconciler
 
 import (
 	"context"
-	"encoding/json"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
@@ -60,18 +59,6 @@ func (r *Reconciler) updateLedger(ctx context.Context, pipeline, stage string, c
 	}
 }
 
-// DeepCopy returns a copy of l that shares nothing with it.
-func (l *StageLedger) DeepCopy() *StageLedger {
-	out := &StageLedger{}
-	b, err := json.Marshal(l)
-	if err == nil {
-		err = json.Unmarshal(b, out)
-	}
-	if err != nil {
-		panic("copy ledger: " + err.Error()) // plain data: cannot fail
-	}
-	return out
-}
 
 func (r *Reconciler) cacheLedger(key string, l *StageLedger) {
 	r.mu.Lock()

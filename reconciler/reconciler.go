@@ -38,6 +38,9 @@ type Options struct {
 	// RetryBackoff is the first wait of an execution whose cluster did not answer before it
 	// tries again; it doubles with each attempt, up to an hour. Default 30s.
 	RetryBackoff time.Duration
+	// Observer, when set, hears of every Execution and StageLedger written, e.g. to keep
+	// the Pipeline objects' status up to date.
+	Observer RecordObserver
 }
 
 // Reconciler runs executions: one at a time per pipeline, different pipelines concurrently.
@@ -71,9 +74,11 @@ func New(opts Options) *Reconciler {
 	if opts.RetryBackoff <= 0 {
 		opts.RetryBackoff = 30 * time.Second
 	}
+	store := NewStore(opts.Records, opts.Namespace)
+	store.observer = opts.Observer
 	return &Reconciler{
 		opts:    opts,
-		store:   NewStore(opts.Records, opts.Namespace),
+		store:   store,
 		log:     opts.Logger.With("component", "reconciler"),
 		metrics: opts.Metrics,
 		workers: map[string]*worker{},

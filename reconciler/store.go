@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,9 +20,15 @@ import (
 // Store reads and writes Execution and StageLedger objects in one namespace of the cluster
 // ebb runs in. Every write is an update with the object's resourceVersion, so two writers
 // can never silently overwrite each other.
+//
+// Both kinds have a status subresource: a create stores the spec (the API server drops the
+// status), and every later write is a status write. Specs never change after creation, so a
+// record costs one create and one status write, then one status write per change.
 type Store struct {
 	client    dynamic.Interface
 	namespace string
+	// observer, when set, hears of every record written.
+	observer RecordObserver
 }
 
 // NewStore returns a Store over namespace.
@@ -65,6 +72,7 @@ func (s *Store) CreateExecution(ctx context.Context, x *Execution) (*Execution, 
 		x.Labels[LabelStage] = labelValue(x.Spec.Stage)
 	}
 	x.Spec.ShortCommit = short(x.Spec.Commit)
+	status := x.Status
 	for attempt := 0; attempt < 10; attempt++ {
 		n++
 		x.Spec.Number = n
@@ -85,23 +93,58 @@ func (s *Store) CreateExecution(ctx context.Context, x *Execution) (*Execution, 
 		if err != nil {
 			return nil, fmt.Errorf("create execution %s: %w", x.Spec.DisplayName, err)
 		}
-		return executionFrom(created)
+		stored, err := executionFrom(created)
+		if err != nil {
+			return nil, err
+		}
+		stored.Status = status
+		if err := s.writeExecutionStatus(ctx, stored, 3); err != nil {
+			return nil, err
+		}
+		return stored, nil
 	}
 	return nil, fmt.Errorf("create execution for pipeline %q: no free number", x.Spec.Pipeline)
 }
 
-// UpdateExecution writes x (spec and status) and refreshes its resourceVersion.
+// UpdateExecution writes x's status (its spec does not change after creation) and refreshes
+// its resourceVersion and conditions.
 func (s *Store) UpdateExecution(ctx context.Context, x *Execution) error {
+	return s.writeExecutionStatus(ctx, x, 1)
+}
+
+// writeExecutionStatus sets x's conditions from its phase and writes its status, trying up to
+// attempts times while the API server fails for reasons other than a conflict.
+func (s *Store) writeExecutionStatus(ctx context.Context, x *Execution, attempts int) error {
+	x.Status.ObservedGeneration = x.Generation
+	executionConditions(x).Apply(&x.Status.Conditions, x.Generation)
 	u, err := toUnstructured(x)
 	if err != nil {
 		return err
 	}
-	updated, err := s.executions().Update(ctx, u, metav1.UpdateOptions{FieldManager: FieldManager})
+	updated, err := updateStatus(ctx, s.executions(), u, attempts)
 	if err != nil {
-		return fmt.Errorf("update execution %s: %w", x.Spec.DisplayName, err)
+		return fmt.Errorf("update status of execution %s: %w", x.Spec.DisplayName, err)
 	}
 	x.ResourceVersion = updated.GetResourceVersion()
+	if s.observer != nil {
+		s.observer.ExecutionWritten(x.DeepCopy())
+	}
 	return nil
+}
+
+// updateStatus writes u's status through the status subresource.
+func updateStatus(ctx context.Context, res dynamic.ResourceInterface, u *unstructured.Unstructured, attempts int) (*unstructured.Unstructured, error) {
+	for attempt := 1; ; attempt++ {
+		updated, err := res.UpdateStatus(ctx, u, metav1.UpdateOptions{FieldManager: FieldManager})
+		if err == nil || attempt >= attempts || apierrors.IsConflict(err) || apierrors.IsNotFound(err) || apierrors.IsInvalid(err) {
+			return updated, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
 }
 
 // GetExecution reads the execution with object name name.
@@ -195,22 +238,60 @@ func (s *Store) Ledger(ctx context.Context, pipeline, stage string) (*StageLedge
 	return l, nil
 }
 
-// SaveLedger creates or updates l.
+// ListLedgers lists the ledgers of pipeline (of every pipeline when empty).
+func (s *Store) ListLedgers(ctx context.Context, pipeline string) ([]StageLedger, error) {
+	opts := metav1.ListOptions{}
+	if pipeline != "" {
+		opts.LabelSelector = labels.Set{LabelPipeline: labelValue(pipeline)}.String()
+	}
+	list, err := s.ledgers().List(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("list ledgers: %w", err)
+	}
+	out := make([]StageLedger, 0, len(list.Items))
+	for i := range list.Items {
+		var l StageLedger
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(list.Items[i].Object, &l); err != nil {
+			return nil, fmt.Errorf("read ledger %s: %w", list.Items[i].GetName(), err)
+		}
+		if pipeline == "" || l.Spec.Pipeline == pipeline {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// SaveLedger writes l's status, creating l first when it is new, and refreshes its
+// resourceVersion and conditions.
 func (s *Store) SaveLedger(ctx context.Context, l *StageLedger) error {
+	attempts := 1
+	if l.ResourceVersion == "" {
+		u, err := toUnstructured(l)
+		if err != nil {
+			return err
+		}
+		created, err := s.ledgers().Create(ctx, u, metav1.CreateOptions{FieldManager: FieldManager})
+		if err != nil {
+			return fmt.Errorf("create ledger of stage %q of pipeline %q: %w", l.Spec.Stage, l.Spec.Pipeline, err)
+		}
+		l.ResourceVersion, l.Generation, l.UID = created.GetResourceVersion(), created.GetGeneration(), created.GetUID()
+		l.CreationTimestamp = created.GetCreationTimestamp()
+		attempts = 3 // the ledger exists now: its status must follow
+	}
+	l.Status.ObservedGeneration = l.Generation
+	ledgerConditions(l).Apply(&l.Status.Conditions, l.Generation)
 	u, err := toUnstructured(l)
 	if err != nil {
 		return err
 	}
-	var saved *unstructured.Unstructured
-	if l.ResourceVersion == "" {
-		saved, err = s.ledgers().Create(ctx, u, metav1.CreateOptions{FieldManager: FieldManager})
-	} else {
-		saved, err = s.ledgers().Update(ctx, u, metav1.UpdateOptions{FieldManager: FieldManager})
-	}
+	saved, err := updateStatus(ctx, s.ledgers(), u, attempts)
 	if err != nil {
 		return fmt.Errorf("save ledger of stage %q of pipeline %q: %w", l.Spec.Stage, l.Spec.Pipeline, err)
 	}
 	l.ResourceVersion = saved.GetResourceVersion()
+	if s.observer != nil {
+		s.observer.LedgerWritten(l.DeepCopy())
+	}
 	return nil
 }
 

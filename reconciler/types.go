@@ -133,6 +133,11 @@ type ExecutionStatus struct {
 	StartedAt  *metav1.Time  `json:"startedAt,omitempty"`
 	FinishedAt *metav1.Time  `json:"finishedAt,omitempty"`
 	Stages     []StageRecord `json:"stages,omitempty"`
+	// ObservedGeneration and Conditions (Ready, Reconciling, Stalled) say the same as Phase,
+	// in the form kstatus, `kubectl wait` and Argo CD and Flux health checks read. The store
+	// sets them from Phase and Failure on every write (see executionConditions).
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // StageRecord is one stage of an execution.
@@ -187,6 +192,10 @@ type StageLedgerStatus struct {
 	// Stalled is the release that last failed because it or the pipeline is wrong: it is not
 	// tried again until a commit changes the release or the stage's definition.
 	Stalled *ReleaseRecord `json:"stalled,omitempty"`
+	// ObservedGeneration and Conditions summarise the ledger for kstatus and health checks;
+	// the store sets them on every write (see ledgerConditions).
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // ReleaseRecord identifies a release of a stage.

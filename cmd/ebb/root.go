@@ -75,6 +75,7 @@ func newRootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
 	root.AddCommand(
 		newRunCommand(),
+		newPipelinesCommand(),
 		newExecutionsCommand(),
 		newExecutionCommand(),
 		newValidateCommand(),

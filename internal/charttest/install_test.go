@@ -4,10 +4,12 @@ import (
 	"context"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
@@ -36,13 +38,13 @@ func TestInstallAndRollbackWithChartRBAC(t *testing.T) {
 	_, err = in.admin.CoreV1().Services("ebb-system").Get(ctx, "ebb", metav1.GetOptions{})
 	assert.NoError(t, err)
 	crds := dynamic.NewForConfigOrDie(dev.Config).Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
-	for _, name := range []string{"executions.ebb.dev", "stageledgers.ebb.dev", "approvals.ebb.dev"} {
+	for _, name := range []string{"executions.ebb.dev", "stageledgers.ebb.dev", "pipelines.ebb.dev", "approvals.ebb.dev"} {
 		_, err := crds.Get(ctx, name, metav1.GetOptions{})
 		assert.NoError(t, err, name)
 	}
 	out, err := helm("--kubeconfig", dev.Kubeconfig, "status", "ebb", "--namespace", "ebb-system")
 	require.NoError(t, err, out)
-	assert.Contains(t, out, "kubectl -n ebb-system get executions,stageledgers", "NOTES.txt")
+	assert.Contains(t, out, "kubectl -n ebb-system get pipelines,executions,stageledgers", "NOTES.txt")
 
 	d := in.startDaemon()
 	require.Equal(t, http.StatusUnauthorized, d.hook("wrong-secret"), "the webhook checks the mounted secret")
@@ -60,6 +62,17 @@ func TestInstallAndRollbackWithChartRBAC(t *testing.T) {
 	assert.Equal(t, "registry.example/story:1.0", image(t, in, "story-dev"))
 	_, err = in.admin.CoreV1().ConfigMaps("story-dev").Get(ctx, "extra", metav1.GetOptions{})
 	assert.True(t, apierrors.IsNotFound(err), "the rollback pruned the ConfigMap the bad release added: %v", err)
+
+	// The Pipeline object says so, written with the chart's RBAC.
+	assert.Eventually(t, func() bool {
+		list, err := in.store.ListPipelines(ctx)
+		if err != nil || len(list) != 1 {
+			return false
+		}
+		ready := meta.FindStatusCondition(list[0].Status.Conditions, reconciler.ConditionReady)
+		return ready != nil && ready.Status == metav1.ConditionFalse && ready.Reason == "RollbackCompleted" &&
+			list[0].Status.LastPlannedCommit.SHA == bad && len(list[0].Status.Stages) == 1 && len(list[0].Status.Stages[0].Quarantined) == 1
+	}, 30*time.Second, 100*time.Millisecond, "Pipeline story: Ready=False, RollbackCompleted, the bad release quarantined")
 
 	events, err := in.admin.CoreV1().Events("story-dev").List(ctx, metav1.ListOptions{FieldSelector: "reason=RolledBack"})
 	require.NoError(t, err)

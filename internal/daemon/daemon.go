@@ -68,7 +68,9 @@ type Daemon struct {
 	source   *gitsource.Source
 	renderer *planner.Renderer
 	rec      *reconciler.Reconciler
+	status   *statusWriter
 	reg      *prometheus.Registry
+	kube     *kubeRequests
 	leading  atomic.Bool
 	polled   atomic.Bool
 
@@ -146,20 +148,30 @@ func newDaemon(opts Options) (*Daemon, error) {
 	}
 	clusters := newClusters(opts.Config, opts.Home, events, kube)
 	d := &Daemon{
-		opts: opts, log: log, source: source, reg: reg,
+		opts: opts, log: log, source: source, reg: reg, kube: kube,
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
+		status:   newStatusWriter(reconciler.NewStore(records, opts.Namespace), events, log),
 	}
 	d.rec = reconciler.New(reconciler.Options{
 		Namespace: opts.Namespace, Records: records, Events: events, Clusters: clusters.get,
 		Render: d.renderAt, Logger: log, Metrics: reconciler.NewMetrics(reg), RetryBackoff: opts.RetryBackoff,
+		Observer: d.status,
 	})
 	return d, nil
 }
 
-// lead does the leader's work: resume open executions, then follow the repository.
+// lead does the leader's work: resume open executions, then follow the repository, keeping
+// the Pipeline objects up to date.
 func (d *Daemon) lead(ctx context.Context) error {
 	d.leading.Store(true)
 	defer d.leading.Store(false)
+	// The records as they are before Resume writes any: the status writer hears of every
+	// write after that.
+	d.status.reset()
+	if err := d.status.read(ctx); err != nil {
+		d.log.Warn("read records for the pipeline status; trying again later", "err", err)
+	}
+	go d.status.run(ctx)
 	if err := d.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}
@@ -224,10 +236,13 @@ func (d *Daemon) elect(ctx context.Context) error {
 // onSnapshot plans every pipeline of a new commit and hands the targets to the reconciler.
 func (d *Daemon) onSnapshot(ctx context.Context, snap *gitsource.Snapshot) {
 	d.polled.Store(true)
-	targets := d.plan(snap)
+	targets, view := d.plan(snap)
 	d.mu.Lock()
 	d.targets = targets
 	d.mu.Unlock()
+	if view != nil {
+		d.status.setView(view)
+	}
 	d.rec.Sync(ctx, targets)
 }
 
@@ -244,18 +259,21 @@ func (d *Daemon) resync(ctx context.Context) {
 			targets := d.targets
 			d.mu.Unlock()
 			d.rec.Sync(ctx, targets)
+			d.status.touchAll()
 		}
 	}
 }
 
 // plan loads and renders the enabled pipelines of snap, using both cores. A pipeline with an
-// error is logged with its location and skipped; the others go on.
-func (d *Daemon) plan(snap *gitsource.Snapshot) []*reconciler.Target {
+// error is logged with its location and skipped; the others go on. The view says what snap
+// holds of every pipeline, errors included, for the Pipeline objects; nil when the repository
+// could not be read.
+func (d *Daemon) plan(snap *gitsource.Snapshot) ([]*reconciler.Target, *gitView) {
 	log := d.log.With("commit", snap.ShortCommit())
 	repo := planner.NewRepo(snap.FS)
-	pipelines, err := planner.Load(repo, plannerOptions(d.opts.Config))
-	if err != nil {
-		log.Error("pipelines with errors are skipped", "err", err)
+	pipelines, loadErr := planner.Load(repo, plannerOptions(d.opts.Config))
+	if loadErr != nil {
+		log.Error("pipelines with errors are skipped", "err", loadErr)
 	}
 	var enabled []*planner.Pipeline
 	for _, p := range pipelines {
@@ -265,9 +283,9 @@ func (d *Daemon) plan(snap *gitsource.Snapshot) []*reconciler.Target {
 			log.Debug("pipeline is not enabled; planned only", "pipeline", p.Metadata.Name)
 		}
 	}
-	releases, err := d.renderer.RenderAll(repo, enabled)
-	if err != nil {
-		log.Error("pipelines whose stages do not render are skipped", "err", err)
+	releases, renderErr := d.renderer.RenderAll(repo, enabled)
+	if renderErr != nil {
+		log.Error("pipelines whose stages do not render are skipped", "err", renderErr)
 	}
 	byStage := map[string]*planner.Release{}
 	for _, rel := range releases {
@@ -279,7 +297,7 @@ func (d *Daemon) plan(snap *gitsource.Snapshot) []*reconciler.Target {
 			targets = append(targets, t)
 		}
 	}
-	return targets
+	return targets, newGitView(snap, pipelines, loadErr, releases, renderErr)
 }
 
 // target assembles p's target from its stages' releases, or returns nil when a stage did not

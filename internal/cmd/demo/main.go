@@ -302,10 +302,11 @@ func (d *demo) explore() {
 		return p
 	}
 	step("Explore what ebb did")
-	fmt.Printf(`   %[1]s executions --kubeconfig %[2]s -n %[3]s -o wide
+	fmt.Printf(`   %[1]s pipelines --kubeconfig %[2]s -n %[3]s
+   %[1]s executions --kubeconfig %[2]s -n %[3]s -o wide
    %[1]s execution %[4]s#2 --kubeconfig %[2]s -n %[3]s
    %[1]s execution %[4]s_dev_rollback#1 --kubeconfig %[2]s -n %[3]s
-   %[5]s --kubeconfig %[2]s get executions,stageledgers -n %[3]s
+   %[5]s --kubeconfig %[2]s get pipelines,executions,stageledgers -n %[3]s
    %[5]s --kubeconfig %[2]s get events -n %[3]s
    %[5]s --kubeconfig %[2]s get deploy,pods -n web-dev -o wide
    git -C %[6]s log --oneline
