@@ -59,7 +59,6 @@ func (r *Reconciler) updateLedger(ctx context.Context, pipeline, stage string, c
 	}
 }
 
-
 func (r *Reconciler) cacheLedger(key string, l *StageLedger) {
 	r.mu.Lock()
 	r.ledgerCache[key] = l.DeepCopy()
