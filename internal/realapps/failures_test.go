@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
@@ -50,6 +51,23 @@ func TestBlueGreenWithoutServiceStalls(t *testing.T) {
 
 	time.Sleep(5 * resync)
 	assert.Equal(t, 1, len(e.executions()), "the stalled release ran again: %s", e.describeAll())
+
+	// Its Pipeline object says so, where kubectl, kstatus and Argo CD or Flux health checks look.
+	var stalled *metav1.Condition
+	require.Eventually(t, func() bool {
+		list, err := e.store.ListPipelines(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, p := range list {
+			if p.Spec.Pipeline == e.name || p.Name == e.name {
+				stalled = apimeta.FindStatusCondition(p.Status.Conditions, "Stalled")
+			}
+		}
+		return stalled != nil && stalled.Status == metav1.ConditionTrue
+	}, 30*time.Second, 100*time.Millisecond, "the Pipeline object is not Stalled: %+v", stalled)
+	assert.Contains(t, stalled.Message, "pipelines/"+e.name+".yaml")
+	assert.Contains(t, stalled.Message, "Service")
 }
 
 // TestAPIServerOutageDuringVerification kills the API server of the dev stage's cluster while
