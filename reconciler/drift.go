@@ -3,6 +3,7 @@ package reconciler
 import (
 	"context"
 	"fmt"
+	"sort"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -92,6 +93,19 @@ func driftKind(a ssa.Action) string {
 		return "deleted"
 	}
 	return "changed"
+}
+
+// AppliedObjects returns the objects of release rel as stage's model applies them: what
+// `ebb plan` diffs, so that it shows what the daemon would change.
+func AppliedObjects(stage *planner.Stage, rel *planner.Release) ([]*unstructured.Unstructured, error) {
+	objs, err := appliedObjects(&Desired{Stage: stage, Hash: rel.Hash, Namespace: rel.Namespace,
+		Deployment: rel.Deployment, Service: rel.Service, Images: rel.Images, Objects: rel.Objects})
+	if err != nil {
+		return nil, err
+	}
+	objs = append([]*unstructured.Unstructured(nil), objs...)
+	sort.SliceStable(objs, func(i, j int) bool { return ssa.KindRank(objs[i].GetKind()) < ssa.KindRank(objs[j].GetKind()) })
+	return objs, nil
 }
 
 // appliedObjects are the objects a stage running release d holds, as its model applied them:

@@ -34,9 +34,11 @@ func TestNewFromExample(t *testing.T) {
 	assert.Equal(t, exitChanges, code, stderr)
 	assert.Contains(t, stdout, "(cluster dev, namespace hello-dev, release sha256:")
 	assert.Contains(t, stdout, "not enabled: plan only)")
-	for _, obj := range []string{"Namespace/hello-dev", "Secret/hello-dev/hello-registry", "Service/hello-dev/hello", "Deployment/hello-dev/hello"} {
+	for _, obj := range []string{"Namespace/hello-dev", "Secret/hello-dev/hello-registry", "Service/hello-dev/hello", "Service/hello-dev/hello-preview"} {
 		assert.Contains(t, stdout, "  "+obj+" created\n")
 	}
+	// The example is blue-green: the plan shows the color the daemon would create.
+	assert.Regexp(t, `  Deployment/hello-dev/hello-[0-9a-f]{10} created\n`, stdout)
 }
 
 func TestNew(t *testing.T) {

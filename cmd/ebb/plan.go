@@ -146,7 +146,12 @@ func planStage(ctx context.Context, repo *planner.Repo, r *planner.Renderer, clu
 	if err != nil {
 		return nil, fmt.Errorf("plan stage %q of pipeline %q: %w", s.stage.Name, s.pipeline.Metadata.Name, err)
 	}
-	return d.Diff(ctx, rel, ledgers.inventory(ctx, s.pipeline.Metadata.Name, s.stage.Name))
+	// Diff what the stage's model applies: a blue-green stage runs the release as a color.
+	applied := *rel
+	if applied.Objects, err = reconciler.AppliedObjects(s.stage, rel); err != nil {
+		return nil, fmt.Errorf("%s: stage %q: %w", s.pipeline.File, s.stage.Name, err)
+	}
+	return d.Diff(ctx, &applied, ledgers.inventory(ctx, s.pipeline.Metadata.Name, s.stage.Name))
 }
 
 // errorsOf keeps the errors of one file.

@@ -163,7 +163,9 @@ func TestPlanGitURL(t *testing.T) {
 	code, stdout, stderr := ebb(t, "plan", "--repo", "file://"+dir, "--kubeconfig", cluster.Kubeconfig, "--stage", "dev")
 	assert.Equal(t, exitChanges, code, stderr)
 	assert.Contains(t, stdout, "pipeline blue-green-example, stage dev (cluster dev, namespace shop-dev,")
-	assert.Contains(t, stdout, "  Deployment/shop-dev/shop created\n")
+	// The stage is blue-green: the release runs as a color, with a preview Service.
+	assert.Regexp(t, `  Deployment/shop-dev/shop-[0-9a-f]{10} created\n`, stdout)
+	assert.Contains(t, stdout, "  Service/shop-dev/shop-preview created\n")
 }
 
 // TestPlanWritesNothing checks that planning leaves every object's resourceVersion as it was.
