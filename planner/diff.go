@@ -118,7 +118,7 @@ func (d *Differ) Diff(ctx context.Context, rel *Release, inventory ssa.Inventory
 		}
 		plan.Changes = append(plan.Changes, Change{Action: c.Action, Object: RefOf(obj), Diff: c.Diff})
 	}
-	res, err := d.ssa.Prune(ctx, inventory.Minus(ssa.InventoryOf(rel.Objects)), ssa.PruneOptions{Owner: owner, DryRun: true})
+	res, err := d.ssa.Prune(ctx, inventory.Minus(ssa.InventoryOf(rel.Objects)), ssa.PruneOptions{Owner: owner, DryRun: true, Keep: rel.Objects})
 	if err != nil {
 		return nil, fmt.Errorf("find objects to prune for stage %q of pipeline %q: %w", rel.Stage, rel.Pipeline, err)
 	}

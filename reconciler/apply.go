@@ -120,7 +120,7 @@ func (r *Reconciler) prune(ctx context.Context, cluster *Cluster, pipeline, stag
 		return nil, err
 	}
 	next := ssa.InventoryOf(keep)
-	res, err := cluster.SSA.Prune(ctx, ledger.Status.Inventory.Minus(next), ssa.PruneOptions{Owner: owner(pipeline, stage)})
+	res, err := cluster.SSA.Prune(ctx, ledger.Status.Inventory.Minus(next), ssa.PruneOptions{Owner: owner(pipeline, stage), Keep: keep})
 	if err != nil {
 		return res.Deleted, err
 	}

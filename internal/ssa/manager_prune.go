@@ -21,6 +21,9 @@ type PruneOptions struct {
 	Owner Owner
 	// DryRun reads what would be deleted and deletes nothing: what `ebb plan` shows.
 	DryRun bool
+	// Keep are the objects that stay (the release now running): a Namespace that holds any
+	// of them is never deleted, even when it left the release.
+	Keep []*unstructured.Unstructured
 }
 
 // Deletion is one object Prune deleted, or found gone.
@@ -42,13 +45,22 @@ type PruneResult struct {
 // Prune deletes the objects of inv, in reverse apply order: workloads before the Services,
 // ConfigMaps and Secrets they use, Namespaces last. It reads each object first (a get, then a
 // delete with the read UID as precondition) and keeps those annotated ebb.dev/prune: disabled,
-// those without the owner's labels and Namespaces ebb did not create. A kind the cluster no
+// those without the owner's labels, Namespaces ebb did not create and Namespaces that hold
+// objects of opts.Keep. A kind the cluster no
 // longer serves has no objects left to delete.
 func (m *Manager) Prune(ctx context.Context, inv Inventory, opts PruneOptions) (PruneResult, error) {
 	res := PruneResult{Kept: map[ObjMeta]string{}}
+	inUse := map[string]bool{}
+	for _, o := range opts.Keep {
+		inUse[o.GetNamespace()] = true
+	}
 	order := append(Inventory(nil), inv...)
 	sort.SliceStable(order, func(i, j int) bool { return less(order[j], order[i]) })
 	for _, id := range order {
+		if id.Kind == "Namespace" && id.Group == "" && inUse[id.Name] {
+			res.Kept[id] = "a Namespace that holds objects of the release"
+			continue
+		}
 		ri, err := m.resource(id)
 		if err != nil {
 			if meta.IsNoMatchError(err) {

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
 	"ebb.dev/ebb/internal/ssa"
@@ -128,20 +129,29 @@ func TestStoredFormsAreNotDrift(t *testing.T) {
 	assert.Empty(t, drift, "normalised values are not drift")
 
 	cs := kubernetes.NewForConfigOrDie(cluster.Config)
-	scale, err := cs.AppsV1().Deployments(ns).GetScale(ctx, "podinfo", metav1.GetOptions{})
-	require.NoError(t, err)
-	scale.Spec.Replicas = 4
-	_, err = cs.AppsV1().Deployments(ns).UpdateScale(ctx, "podinfo", scale, metav1.UpdateOptions{FieldManager: "horizontal-pod-autoscaler"})
-	require.NoError(t, err)
+	// The controllers write the Deployment meanwhile: each edit retries its conflicts.
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		scale, err := cs.AppsV1().Deployments(ns).GetScale(ctx, "podinfo", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		scale.Spec.Replicas = 4
+		_, err = cs.AppsV1().Deployments(ns).UpdateScale(ctx, "podinfo", scale, metav1.UpdateOptions{FieldManager: "horizontal-pod-autoscaler"})
+		return err
+	}))
 	drift, err = m.Drift(ctx, objs, ssa.DriftOptions{Owner: owner})
 	require.NoError(t, err)
 	assert.Empty(t, drift, "replicas set by another manager, which the release does not set, are not drift")
 
-	d, err := cs.AppsV1().Deployments(ns).Get(ctx, "podinfo", metav1.GetOptions{})
-	require.NoError(t, err)
-	d.Spec.Template.Spec.Containers[0].Image = "ghcr.io/stefanprodan/podinfo:hand-edit"
-	_, err = cs.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{FieldManager: "kubectl-edit"})
-	require.NoError(t, err)
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, "podinfo", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		d.Spec.Template.Spec.Containers[0].Image = "ghcr.io/stefanprodan/podinfo:hand-edit"
+		_, err = cs.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{FieldManager: "kubectl-edit"})
+		return err
+	}))
 	require.NoError(t, cs.CoreV1().Services(ns).Delete(ctx, "podinfo", metav1.DeleteOptions{}))
 	drift, err = m.Drift(ctx, objs, ssa.DriftOptions{Owner: owner})
 	require.NoError(t, err)
@@ -179,11 +189,15 @@ func TestDriftAtRestAsksNothing(t *testing.T) {
 	}, 20*time.Second, 200*time.Millisecond, "a drift check at rest sends no request")
 
 	cs := kubernetes.NewForConfigOrDie(cluster.Config)
-	cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "empty", metav1.GetOptions{})
-	require.NoError(t, err)
-	cm.Labels[ssa.LabelStage] = "prod"
-	_, err = cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
-	require.NoError(t, err)
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "empty", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cm.Labels[ssa.LabelStage] = "prod"
+		_, err = cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
+		return err
+	}))
 	require.Eventually(t, func() bool {
 		drift, err := m.Drift(ctx, objs, opts)
 		require.NoError(t, err)
@@ -267,6 +281,22 @@ metadata: {name: `+ns+`-created}`)
 	require.NoError(t, err)
 	assert.Empty(t, res.Deleted)
 	assert.Equal(t, "a Namespace ebb did not create", res.Kept[ssa.InventoryOf(found)[0]])
+
+	// A Namespace ebb created that left the release but still holds its objects stays.
+	created := objects(t, ns, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"-holds}")
+	_, err = m.Apply(ctx, created, ssa.ApplyOptions{Owner: owner})
+	require.NoError(t, err)
+	holds := objects(t, ns+"-holds", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: still-here}")
+	_, err = m.Apply(ctx, holds, ssa.ApplyOptions{Owner: owner})
+	require.NoError(t, err)
+	res, err = m.Prune(ctx, ssa.InventoryOf(created), ssa.PruneOptions{Owner: owner, Keep: holds})
+	require.NoError(t, err)
+	assert.Empty(t, res.Deleted)
+	assert.Equal(t, "a Namespace that holds objects of the release", res.Kept[ssa.InventoryOf(created)[0]])
+	live, err := cs.CoreV1().Namespaces().Get(ctx, ns+"-holds", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Nil(t, live.DeletionTimestamp)
+	_ = cs.CoreV1().Namespaces().Delete(ctx, ns+"-holds", metav1.DeleteOptions{})
 }
 
 func TestInventory(t *testing.T) {
