@@ -23,6 +23,10 @@ func (e *run) deploy(ctx context.Context, t *Target, d decision) error {
 		return e.resumeRollback(ctx, t)
 	}
 	comment := e.x.Status.Comment
+	if e.x.Status.Failure == FailureWaiting {
+		// Resumed while it waited for its cluster: it tries again now.
+		comment, e.x.Status.Failure, e.x.Status.Comment = "", "", ""
+	}
 	if d.redeployOf != nil {
 		comment = joinComments(comment, redeployComment(t, d.redeployOf))
 	}
