@@ -57,7 +57,7 @@ func TestNew(t *testing.T) {
 			`    tag: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"`,
 			"    rollback: false",
 			"    model: rolling",
-			"    namespace: api-dev",
+			"    namespace: two-dev",
 			"  manifests: testdata",
 		}, ""},
 		{"unknown service", []string{"--service", "db"}, 2, nil,
