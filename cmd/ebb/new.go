@@ -210,8 +210,8 @@ func writePipeline(repo *planner.Repo, f newFlags, src source, a *app, t target)
 			return data, nil
 		}
 	}
-	return nil, fmt.Errorf("service %q selects Deployment %q, but a pipeline names its Service and Deployment with one name: "+
-		"rename one of them so that its name contains the other's", t.service, deploy.GetName())
+	return nil, fmt.Errorf("service %q selects Deployment %q, but a pipeline's service names both, so one name must contain the other: rename one",
+		t.service, deploy.GetName())
 }
 
 // output writes the pipeline to standard output or to -o, creating the file's directory.
