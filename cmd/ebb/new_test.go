@@ -181,9 +181,21 @@ func TestNewAppErrors(t *testing.T) {
 			"error: manifests no-service: no Service selects a Deployment (Services: external); ebb deploys a Service and the Deployment it selects\n"},
 		{"names that do not pair", "unrelated", nil, 1,
 			"error: service \"frontend\" selects Deployment \"ui\", but a pipeline's service names both, so one name must contain the other: rename one\n"},
+		{"no Deployment", "only-service", nil, 1,
+			"error: manifests only-service have no Deployment: ebb deploys a Service and its Deployment\n"},
+		{"bad YAML", "bad-yaml", nil, 1,
+			"error: render manifests bad-yaml: kustomize bad-yaml: accumulating resources: accumulating resources from 'bad-yaml/s.yaml': " +
+				"MalformedYAMLError: yaml: line 2: did not find expected ',' or '}' in File: bad-yaml/s.yaml\n"},
 		{"outside the repository", "..", nil, 2, "error: --from {dir}/.. is outside the repository {dir} (set --repo)\nSee 'ebb --help'.\n"},
 	}
 	dir := newRepo(t)
+	for file, data := range map[string]string{
+		"only-service/s.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {app: s}}\n",
+		"bad-yaml/s.yaml":     "apiVersion: v1\nkind: Service\nmetadata: {name: s\n",
+	} {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, filepath.Dir(file)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, file), []byte(data), 0o644))
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			out := filepath.Join(dir, "pipelines", tt.name+".yaml")

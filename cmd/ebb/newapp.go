@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -67,12 +68,12 @@ func readApp(repo *planner.Repo, manifests string) (*app, error) {
 // renderManifests renders the manifests with the planner. The planner needs the name of a
 // Deployment to render (it injects the image into it) and matches it also when a namePrefix
 // or nameSuffix changed it; any Deployment of the render will do, so ebb tries "" (the only
-// Deployment, if there is one) and then the Deployment names written in the repository's
-// YAML, those in the manifests directory first, longest first (the least likely to be
-// ambiguous once prefixed).
+// Deployment, if there is one) and, when there are several, the Deployment names written in
+// the repository's YAML, those in the manifests directory first, longest first (the least
+// likely to be ambiguous once prefixed).
 func renderManifests(repo *planner.Repo, manifests string) (*planner.Release, error) {
 	r := planner.NewRenderer(planner.DefaultOptions())
-	render := func(service string) (*planner.Release, error) {
+	renderStage := func(service string) (*planner.Release, error) {
 		return r.Render(repo, &planner.Pipeline{
 			Metadata: planner.Metadata{Name: discoveryPipeline},
 			Spec: planner.PipelineSpec{
@@ -81,19 +82,26 @@ func renderManifests(repo *planner.Repo, manifests string) (*planner.Release, er
 			},
 		}, discoveryStage)
 	}
-	rel, firstErr := render("")
-	if firstErr == nil {
-		return rel, nil
-	}
-	names := deploymentNames(repo.FS(), manifests)
-	if len(names) == 0 {
-		if strings.Contains(firstErr.Error(), `service "":`) {
-			return nil, fmt.Errorf("manifests %s have no Deployment: ebb deploys a Service and its Deployment", manifests)
+	// The planner's error names the in-memory pipeline and stage, which mean nothing here.
+	render := func(service string) (*planner.Release, error) {
+		rel, err := renderStage(service)
+		if cause := errors.Unwrap(err); cause != nil {
+			err = cause
 		}
-		return nil, fmt.Errorf("render manifests %s: %w", manifests, firstErr)
+		return rel, err
 	}
-	var err error
-	for _, name := range names {
+	// "" is the only Deployment, if there is one. The planner's error tells the cases apart:
+	// the manifests do not build, they have no Deployment, or they have several.
+	rel, err := render("")
+	switch {
+	case err == nil:
+		return rel, nil
+	case !strings.HasPrefix(err.Error(), `service "":`):
+		return nil, fmt.Errorf("render manifests %s: %w", manifests, err)
+	case strings.Contains(err.Error(), "have no Deployment"):
+		return nil, fmt.Errorf("manifests %s have no Deployment: ebb deploys a Service and its Deployment", manifests)
+	}
+	for _, name := range deploymentNames(repo.FS(), manifests) {
 		if rel, err = render(name); err == nil {
 			return rel, nil
 		}
@@ -101,8 +109,7 @@ func renderManifests(repo *planner.Repo, manifests string) (*planner.Release, er
 	return nil, fmt.Errorf("render manifests %s: %w", manifests, err)
 }
 
-// maxDeploymentNames bounds the renders renderManifests tries when the manifests do not
-// render at all.
+// maxDeploymentNames bounds the renders renderManifests tries.
 const maxDeploymentNames = 20
 
 // deploymentNames returns the names of the Deployments written in YAML files of the
