@@ -3,20 +3,20 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/validation"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"ebb.dev/ebb/planner"
 )
@@ -35,14 +35,17 @@ type newFlags struct {
 func newNewCommand() *cobra.Command {
 	f := newFlags{}
 	cmd := &cobra.Command{
-		Use:   "new --from app.yaml --name NAME --dev-cluster X --prod-cluster Y [-o FILE]",
+		Use:   "new --from DIR|FILE --name NAME --dev-cluster X --prod-cluster Y [-o FILE]",
 		Short: "Write a pipeline for an application from its Kubernetes YAML",
-		Long: `Write a pipeline with a dev and a prod stage for the application in a Kubernetes YAML file
-(a Namespace, a Service and its Deployment, optionally a docker-config Secret). The pipeline
-deploys the directory of that file, releases the Deployment's image, and rolls a failed stage
-back unless --rollback=false. When the file has several Services, --service picks one; on a
-terminal ebb asks. The pipeline is checked and rendered before it is written, and is not
-enabled: enable it once its plan looks right.`,
+		Long: `Write a pipeline with a dev and a prod stage for the application in a directory of the
+repository: a kustomization, or plain Kubernetes YAML files (a file stands for its directory).
+ebb renders the directory as the pipeline will, pairs each Service with the Deployment whose
+pod labels its selector matches, and releases that Deployment's image. When there are several
+Services, --service picks one; on a terminal ebb asks, otherwise it is an error that lists
+them. The stages deploy to the manifests' Namespace (or one named like the pipeline), with
+-dev for dev, and roll a failed stage back unless --rollback=false. The pipeline is checked
+and rendered before it is written, and is not enabled: enable it once its plan looks right.
+` + "`-o`" + ` creates the file's directory.`,
 		Example: `  ebb new --from apps/hello/app.yaml --name hello --dev-cluster dev --prod-cluster prod \
     --model blue-green --health-url http://hello.hello-dev.svc/healthz -o pipelines/hello.yaml`,
 		Args: cobra.NoArgs,
@@ -51,14 +54,14 @@ enabled: enable it once its plan looks right.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.from, "from", "", "Kubernetes YAML of the application, inside the repository")
+	fl.StringVar(&f.from, "from", "", "the application's manifests inside the repository: a kustomization, a directory of YAML, or a file of it")
 	fl.StringVar(&f.name, "name", "", "name of the pipeline")
 	fl.StringVar(&f.model, "model", string(planner.ModelRolling), "deployment model: rolling or blue-green")
 	fl.StringVar(&f.devCluster, "dev-cluster", "", "cluster of the dev stage")
 	fl.StringVar(&f.prodCluster, "prod-cluster", "", "cluster of the prod stage")
 	fl.BoolVar(&f.rollback, "rollback", true, "roll a failed stage back to its last known-good release")
 	fl.StringVar(&f.healthURL, "health-url", "", "URL each stage polls to verify a release; {namespace} is replaced by the stage's namespace")
-	fl.StringVar(&f.service, "service", "", "the Service to deploy, when the YAML has several")
+	fl.StringVar(&f.service, "service", "", "the Service to deploy (its rendered name), when there are several")
 	fl.StringVar(&f.repo, "repo", ".", "root of the repository the pipeline is for")
 	fl.StringVarP(&f.output, "output", "o", "", "file to write the pipeline to (default: standard output)")
 	for _, name := range []string{"from", "name", "dev-cluster", "prod-cluster"} {
@@ -67,14 +70,7 @@ enabled: enable it once its plan looks right.`,
 	return cmd
 }
 
-// app is what `ebb new` learns from the YAML.
-type app struct {
-	namespace   string
-	services    []string
-	deployments map[string]*unstructured.Unstructured
-}
-
-// runNew reads the application, picks its service, writes the pipeline and checks it.
+// runNew renders the application, picks its Service, writes the pipeline and checks it.
 func runNew(stdin io.Reader, stdout, stderr io.Writer, f newFlags) error {
 	if f.model != string(planner.ModelRolling) && f.model != string(planner.ModelBlueGreen) {
 		return usageErrorf("--model %q: want %s or %s", f.model, planner.ModelRolling, planner.ModelBlueGreen)
@@ -85,28 +81,147 @@ func runNew(stdin io.Reader, stdout, stderr io.Writer, f newFlags) error {
 	if errs := validation.IsDNS1123Label(f.name); len(errs) > 0 {
 		return usageErrorf("--name %q: a pipeline name is a DNS label: lowercase letters, digits and '-'", f.name)
 	}
-	manifests, err := manifestsDir(f.repo, f.from)
+	src, err := sourceOf(f.repo, f.from)
 	if err != nil {
 		return err
 	}
-	a, err := readApp(f.from)
+	repo := planner.NewRepo(os.DirFS(f.repo))
+	a, err := readApp(repo, src.manifests)
 	if err != nil {
 		return err
 	}
-	service, err := pickService(stdin, stderr, a, f.service)
+	if len(a.targets) == 0 {
+		return noTargetError(src.manifests, a)
+	}
+	t, err := pickService(stdin, stderr, a, f.service, isTerminal(stdin))
 	if err != nil {
 		return err
 	}
-	data, err := pipelineYAML(f, a, service, manifests)
+	data, err := writePipeline(repo, f, src, a, t)
 	if err != nil {
 		return err
 	}
-	if err := checkNewPipeline(f.repo, data); err != nil {
-		return fmt.Errorf("the pipeline ebb wrote does not validate (please report this): %w", err)
+	return output(stdout, stderr, f, data)
+}
+
+// source is where --from points, relative to the repository root.
+type source struct {
+	// from is the file or directory as the pipeline's comment names it.
+	from string
+	// manifests is the directory the pipeline deploys: --from itself, or the file's directory.
+	manifests string
+}
+
+// sourceOf resolves --from inside the repository. A file stands for its directory, which is
+// what a pipeline deploys.
+func sourceOf(repo, from string) (source, error) {
+	fi, err := os.Stat(from)
+	if err != nil {
+		return source{}, fmt.Errorf("read application: %w", err)
 	}
+	absRepo, err := filepath.Abs(repo)
+	if err != nil {
+		return source{}, err
+	}
+	absFrom, err := filepath.Abs(from)
+	if err != nil {
+		return source{}, err
+	}
+	rel, err := filepath.Rel(absRepo, absFrom)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return source{}, usageErrorf("--from %s is outside the repository %s (set --repo)", from, repo)
+	}
+	s := source{from: filepath.ToSlash(rel), manifests: filepath.ToSlash(rel)}
+	if !fi.IsDir() {
+		s.manifests = path.Dir(s.from)
+	}
+	return s, nil
+}
+
+// noTargetError says why the manifests have nothing to deploy.
+func noTargetError(manifests string, a *app) error {
+	if len(a.unselected) == 0 {
+		return fmt.Errorf("manifests %s have no Service: ebb deploys a Service and the Deployment it selects", manifests)
+	}
+	return fmt.Errorf("manifests %s: no Service selects a Deployment (Services: %s); ebb deploys a Service and the Deployment it selects",
+		manifests, strings.Join(a.unselected, ", "))
+}
+
+// pickService returns the Service to deploy: the flag's, the only one, or the user's choice
+// when ebb may ask (standard input is a terminal).
+func pickService(stdin io.Reader, stderr io.Writer, a *app, flag string, interactive bool) (target, error) {
+	choices := strings.Join(a.serviceNames(), ", ")
+	switch {
+	case flag != "":
+		for _, t := range a.targets {
+			if t.service == flag {
+				return t, nil
+			}
+		}
+		if slices.Contains(a.unselected, flag) {
+			return target{}, usageErrorf("--service %q selects no Deployment; the Services that do are %s", flag, choices)
+		}
+		return target{}, usageErrorf("--service %q: the application's Services are %s", flag, choices)
+	case len(a.targets) == 1:
+		return a.targets[0], nil
+	case !interactive:
+		return target{}, usageErrorf("the application has several Services (%s): pick one with --service", choices)
+	}
+	fmt.Fprintln(stderr, "The application has several Services. Which one does the pipeline deploy?")
+	for i, t := range a.targets {
+		fmt.Fprintf(stderr, "  %d) %s\n", i+1, t.service)
+	}
+	fmt.Fprint(stderr, "Number: ")
+	line, _ := bufio.NewReader(stdin).ReadString('\n')
+	n, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || n < 1 || n > len(a.targets) {
+		return target{}, usageErrorf("no such choice %q", strings.TrimSpace(line))
+	}
+	return a.targets[n-1], nil
+}
+
+// writePipeline returns the pipeline for the target, checked by rendering it as the planner
+// will. Its service is the Deployment's rendered name, or else the Service's: the planner
+// finds the Deployment and the Service by that one name (allowing a name prefix or suffix),
+// and the render must find exactly the pair the Service's selector made.
+func writePipeline(repo *planner.Repo, f newFlags, src source, a *app, t target) ([]byte, error) {
+	deploy, err := t.deployment()
+	if err != nil {
+		return nil, err
+	}
+	image, tag := splitImage(firstImage(deploy))
+	if image == "" {
+		return nil, fmt.Errorf("deployment %q has no container image", deploy.GetName())
+	}
+	names := []string{deploy.GetName()}
+	if t.service != deploy.GetName() {
+		names = append(names, t.service)
+	}
+	for i, service := range names {
+		data, err := pipelineYAML(f, src, a.namespace, service, image, tag)
+		if err != nil {
+			return nil, err
+		}
+		rel, err := checkNewPipeline(repo, data)
+		switch {
+		case err != nil && i == 0:
+			return nil, fmt.Errorf("the pipeline ebb wrote does not validate (please report this): %w", err)
+		case err == nil && rel.Deployment == deploy.GetName() && rel.Service == t.service:
+			return data, nil
+		}
+	}
+	return nil, fmt.Errorf("service %q selects Deployment %q, but a pipeline's service names both, so one name must contain the other: rename one",
+		t.service, deploy.GetName())
+}
+
+// output writes the pipeline to standard output or to -o, creating the file's directory.
+func output(stdout, stderr io.Writer, f newFlags, data []byte) error {
 	if f.output == "" {
-		_, err = stdout.Write(data)
+		_, err := stdout.Write(data)
 		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(f.output), 0o755); err != nil {
+		return fmt.Errorf("write pipeline: %w", err)
 	}
 	if err := os.WriteFile(f.output, data, 0o644); err != nil {
 		return fmt.Errorf("write pipeline: %w", err)
@@ -115,105 +230,11 @@ func runNew(stdin io.Reader, stdout, stderr io.Writer, f newFlags) error {
 	return nil
 }
 
-// manifestsDir returns the directory of the YAML file relative to the repository root.
-func manifestsDir(repo, from string) (string, error) {
-	absRepo, err := filepath.Abs(repo)
-	if err != nil {
-		return "", err
-	}
-	absFrom, err := filepath.Abs(from)
-	if err != nil {
-		return "", err
-	}
-	rel, err := filepath.Rel(absRepo, filepath.Dir(absFrom))
-	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return "", usageErrorf("--from %s is outside the repository %s (set --repo)", from, repo)
-	}
-	return filepath.ToSlash(rel), nil
-}
-
-// readApp decodes the YAML's objects and keeps what a pipeline needs.
-func readApp(file string) (*app, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read application: %w", err)
-	}
-	a := &app{deployments: map[string]*unstructured.Unstructured{}}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-	for {
-		var obj map[string]any
-		if err := dec.Decode(&obj); err != nil {
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			return nil, fmt.Errorf("read application %s: %w", file, err)
-		}
-		if obj == nil {
-			continue
-		}
-		u := &unstructured.Unstructured{Object: obj}
-		switch u.GetKind() {
-		case "Namespace":
-			a.namespace = u.GetName()
-		case "Service":
-			a.services = append(a.services, u.GetName())
-		case "Deployment":
-			a.deployments[u.GetName()] = u
-			if a.namespace == "" {
-				a.namespace = u.GetNamespace()
-			}
-		}
-	}
-	if len(a.services) == 0 {
-		return nil, fmt.Errorf("application %s has no Service: ebb deploys a Service and its Deployment", file)
-	}
-	return a, nil
-}
-
-// pickService returns the service to deploy: the flag's, the only one, or the user's choice
-// on a terminal.
-func pickService(stdin io.Reader, stderr io.Writer, a *app, flag string) (string, error) {
-	switch {
-	case flag != "":
-		for _, s := range a.services {
-			if s == flag {
-				return s, checkDeployment(a, s)
-			}
-		}
-		return "", usageErrorf("--service %q: the application's Services are %s", flag, strings.Join(a.services, ", "))
-	case len(a.services) == 1:
-		return a.services[0], checkDeployment(a, a.services[0])
-	case !isTerminal(stdin):
-		return "", usageErrorf("the application has several Services (%s): pick one with --service", strings.Join(a.services, ", "))
-	}
-	fmt.Fprintln(stderr, "The application has several Services. Which one does the pipeline deploy?")
-	for i, s := range a.services {
-		fmt.Fprintf(stderr, "  %d) %s\n", i+1, s)
-	}
-	fmt.Fprint(stderr, "Number: ")
-	line, _ := bufio.NewReader(stdin).ReadString('\n')
-	n, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || n < 1 || n > len(a.services) {
-		return "", usageErrorf("no such choice %q", strings.TrimSpace(line))
-	}
-	return a.services[n-1], checkDeployment(a, a.services[n-1])
-}
-
-// checkDeployment requires the Deployment of the service's name, which the models act on.
-func checkDeployment(a *app, service string) error {
-	if _, ok := a.deployments[service]; !ok {
-		return fmt.Errorf("service %q has no Deployment of the same name; ebb deploys a Service and the Deployment named like it", service)
-	}
-	return nil
-}
-
+// isTerminal reports whether ebb may ask on r: a terminal, not merely a character device
+// (</dev/null is one, and is never prompted).
 func isTerminal(r io.Reader) bool {
 	f, ok := r.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // pipelineTemplate is the pipeline `ebb new` writes, in the order docs/pipelines.md uses.
@@ -246,20 +267,17 @@ spec:
 
 type templateStage struct{ Name, Cluster, Namespace, HealthURL string }
 
-// pipelineYAML fills the template.
-func pipelineYAML(f newFlags, a *app, service, manifests string) ([]byte, error) {
-	image, tag := splitImage(firstImage(a.deployments[service]))
-	if image == "" {
-		return nil, fmt.Errorf("deployment %q has no container image", service)
-	}
-	ns := a.namespace
+// pipelineYAML fills the template. The stages' namespaces are the manifests' Namespace
+// object's name, or else the pipeline's, with -dev for the dev stage.
+func pipelineYAML(f newFlags, src source, namespace, service, image, tag string) ([]byte, error) {
+	ns := namespace
 	if ns == "" {
-		ns = service
+		ns = f.name
 	}
 	var b bytes.Buffer
 	err := pipelineTemplate.Execute(&b, map[string]any{
-		"From": path.Join(manifests, filepath.Base(f.from)), "Name": f.name, "Image": image, "Tag": tag,
-		"Manifests": manifests, "Service": service, "Model": f.model, "Rollback": f.rollback,
+		"From": src.from, "Name": f.name, "Image": image, "Tag": tag,
+		"Manifests": src.manifests, "Service": service, "Model": f.model, "Rollback": f.rollback,
 		"Stages": []templateStage{
 			{Name: "dev", Cluster: f.devCluster, Namespace: ns + "-dev", HealthURL: strings.ReplaceAll(f.healthURL, "{namespace}", ns+"-dev")},
 			{Name: "prod", Cluster: f.prodCluster, Namespace: ns, HealthURL: strings.ReplaceAll(f.healthURL, "{namespace}", ns)},
@@ -291,13 +309,16 @@ func splitImage(ref string) (string, string) {
 	return ref, "latest"
 }
 
-// checkNewPipeline parses the new pipeline and renders its stages against the repository.
-func checkNewPipeline(repoDir string, data []byte) error {
+// checkNewPipeline parses the new pipeline, renders its stages against the repository and
+// returns the first stage's release.
+func checkNewPipeline(repo *planner.Repo, data []byte) (*planner.Release, error) {
 	pipelines, err := planner.ParseFile("new pipeline", data, planner.DefaultOptions())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	repo := planner.NewRepo(os.DirFS(repoDir))
-	_, err = planner.NewRenderer(planner.DefaultOptions()).RenderAll(repo, pipelines)
-	return err
+	releases, err := planner.NewRenderer(planner.DefaultOptions()).RenderAll(repo, pipelines)
+	if err != nil {
+		return nil, err
+	}
+	return releases[0], nil
 }
