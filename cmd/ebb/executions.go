@@ -87,8 +87,8 @@ func printExecutions(w io.Writer, list []reconciler.Execution, wide bool, now ti
 	fmt.Fprintln(tw, header)
 	for _, x := range list {
 		comment := x.Status.Comment
-		if !wide && len(comment) > 100 {
-			comment = comment[:97] + "..."
+		if !wide {
+			comment = cell(comment)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", x.Spec.DisplayName, x.Spec.Pipeline, orDash(string(x.Status.Phase)),
 			orDash(x.Status.Stage), orDash(x.Spec.ShortCommit), orDash(x.Status.Image),
@@ -232,6 +232,14 @@ func message(m string) string {
 func orDash(s string) string {
 	if s == "" {
 		return "-"
+	}
+	return s
+}
+
+// cell cuts a long comment or message to the 100 characters a table shows (-o wide shows all).
+func cell(s string) string {
+	if len(s) > 100 {
+		return s[:97] + "..."
 	}
 	return s
 }

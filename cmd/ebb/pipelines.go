@@ -67,8 +67,8 @@ func printPipelines(w io.Writer, list []reconciler.Pipeline, wide bool, now time
 		if c := meta.FindStatusCondition(p.Status.Conditions, reconciler.ConditionReady); c != nil {
 			ready, reason, msg = string(c.Status), c.Reason, c.Message
 		}
-		if !wide && len(msg) > 100 {
-			msg = msg[:97] + "..."
+		if !wide {
+			msg = cell(msg)
 		}
 		commit := "-"
 		if c := p.Status.LastPlannedCommit; c != nil {
