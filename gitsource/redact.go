@@ -2,12 +2,14 @@ package gitsource
 
 import (
 	"net/url"
-	"regexp"
 	"strings"
+
+	"ebb.dev/ebb/internal/redact"
 )
 
-// redacted replaces a secret wherever it would otherwise be printed.
-const redacted = "[redacted]"
+// redacted replaces a secret wherever it would otherwise be printed: the mask every package
+// uses.
+const redacted = redact.Mask
 
 // redactor scrubs a source's credentials from text before it is logged or returned.
 type redactor struct {
@@ -27,9 +29,9 @@ func newRedactor(secrets ...string) *redactor {
 	return r
 }
 
-// redact hides the secrets, and the userinfo of any URL, found in s.
+// redact hides the secrets, and the user info and query values of any URL, found in s.
 func (r *redactor) redact(s string) string {
-	s = redactURLs(s)
+	s = redact.Text(s)
 	if r != nil {
 		for _, secret := range r.secrets {
 			s = strings.ReplaceAll(s, secret, redacted)
@@ -37,31 +39,6 @@ func (r *redactor) redact(s string) string {
 	}
 	return s
 }
-
-// userinfoRE finds "scheme://userinfo@" in free text.
-var userinfoRE = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*)://([^/@\s"']+)@`)
-
-// redactURLs hides the userinfo of every URL in s (keeping an ssh user name, which is not a
-// secret).
-func redactURLs(s string) string {
-	return userinfoRE.ReplaceAllStringFunc(s, func(m string) string {
-		sub := userinfoRE.FindStringSubmatch(m)
-		scheme, info := sub[1], sub[2]
-		if strings.HasPrefix(strings.ToLower(scheme), "ssh") || strings.EqualFold(scheme, "git+ssh") {
-			user, _, hasPassword := strings.Cut(info, ":")
-			if !hasPassword {
-				return m
-			}
-			return scheme + "://" + user + ":" + redacted + "@"
-		}
-		return scheme + "://" + redacted + "@"
-	})
-}
-
-// RedactURL returns rawURL fit to print. Over https any userinfo is hidden, since a token is
-// often given as the user name; over ssh the user name (as in ssh://git@host/repo) is kept and
-// a password hidden.
-func RedactURL(rawURL string) string { return redactURLs(rawURL) }
 
 // stripUserinfo returns rawURL without userinfo, and the user name and password it held.
 func stripUserinfo(rawURL string) (clean, user, password string) {

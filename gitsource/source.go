@@ -13,6 +13,8 @@ import (
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/transport"
+
+	"ebb.dev/ebb/internal/redact"
 )
 
 // Source follows one branch or tag of one repository. Create it with New, then either call
@@ -55,7 +57,7 @@ type Status struct {
 func New(opts Options) (*Source, error) {
 	if err := opts.validate(); err != nil {
 		return nil, newError(newRedactor(opts.Credentials.secrets()...), KindConfig,
-			"configure git source "+RedactURL(opts.URL), err)
+			"configure git source "+redact.URL(opts.URL), err)
 	}
 	clean, user, password := stripUserinfo(opts.URL)
 	creds := opts.Credentials
@@ -68,7 +70,7 @@ func New(opts Options) (*Source, error) {
 		secrets = append(secrets, user, password)
 	}
 	red := newRedactor(secrets...)
-	display := RedactURL(clean)
+	display := redact.URL(clean)
 	if opts.Name == "" {
 		opts.Name = defaultName(clean)
 	}

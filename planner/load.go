@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -14,57 +15,74 @@ import (
 // against the repository. It returns the valid pipelines, sorted by name, and, as a
 // strictyaml.ErrorList, every error of every other file: one bad file never hides or blocks
 // the others. Hidden directories such as .git are not searched.
+//
+// A pipeline name declared in more than one file is an error in each of them, and none of
+// those files' pipelines of that name is loaded until only one file declares it: which file
+// is "the" pipeline is not decided by the order of their paths, so a new file cannot take
+// over a pipeline, its stages or its ledger.
 func Load(repo *Repo, opts Options) ([]*Pipeline, error) {
 	files, err := findPipelineFiles(repo)
 	if err != nil {
 		return nil, err
 	}
 	var (
-		all  []*Pipeline
-		errs strictyaml.ErrorList
+		valid    []*Pipeline
+		declared []*Pipeline
+		errs     strictyaml.ErrorList
 	)
 	for _, f := range files {
 		pipelines, fileErrs := loadFile(repo, f.name, f.data, opts)
 		errs = append(errs, fileErrs...)
-		all = append(all, pipelines...)
+		declared = append(declared, pipelines...)
+		if len(fileErrs) == 0 {
+			valid = append(valid, pipelines...)
+		}
 	}
-	all, dupErrs := dropDuplicates(all)
+	valid, dupErrs := dropDuplicates(valid, declared)
 	errs = append(errs, dupErrs...)
 	errs.Sort()
-	return all, errs.Err()
+	return valid, errs.Err()
 }
 
-// loadFile parses and validates one file; its pipelines are returned only if it has no error.
+// loadFile parses and validates one file. It returns every pipeline the file declares and
+// the file's errors; the pipelines are valid only if there are none.
 func loadFile(repo *Repo, name string, data []byte, opts Options) ([]*Pipeline, strictyaml.ErrorList) {
-	pipelines, err := ParseFile(name, data, opts)
-	if err != nil {
-		return nil, asErrorList(name, err)
+	pipelines, errs := parseFile(name, data, opts)
+	if len(errs) > 0 {
+		return pipelines, errs
 	}
-	var errs strictyaml.ErrorList
 	for _, p := range pipelines {
 		errs = append(errs, validateManifests(p, repo, opts)...)
 	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	return pipelines, nil
+	return pipelines, errs
 }
 
-// dropDuplicates keeps the first pipeline of each name (in file order) and reports the others.
-func dropDuplicates(pipelines []*Pipeline) ([]*Pipeline, strictyaml.ErrorList) {
-	var (
-		out  []*Pipeline
-		errs strictyaml.ErrorList
-	)
-	first := map[string]*Pipeline{}
-	for _, p := range pipelines {
-		if f, ok := first[p.Metadata.Name]; ok {
-			errs = append(errs, p.errorAt("metadata.name", "duplicate pipeline name %q, already defined in %s", p.Metadata.Name, f.File))
+// dropDuplicates removes from valid every pipeline whose name more than one file declares,
+// valid or not, and reports each declaration at its metadata.name, naming the other files.
+// A file with errors counts: its author means it to be that pipeline, and fixing its other
+// errors must not be what silently changes which file runs.
+func dropDuplicates(valid, declared []*Pipeline) ([]*Pipeline, strictyaml.ErrorList) {
+	files := map[string][]string{} // name -> the files declaring it, in path order
+	for _, p := range declared {
+		name := p.Metadata.Name
+		if name != "" && !slices.Contains(files[name], p.File) {
+			files[name] = append(files[name], p.File)
+		}
+	}
+	var errs strictyaml.ErrorList
+	reported := map[string]bool{} // name + file: a name twice in one file is reported once here
+	for _, p := range declared {
+		name := p.Metadata.Name
+		if len(files[name]) < 2 || reported[name+"\x00"+p.File] {
 			continue
 		}
-		first[p.Metadata.Name] = p
-		out = append(out, p)
+		reported[name+"\x00"+p.File] = true
+		others := slices.DeleteFunc(slices.Clone(files[name]), func(f string) bool { return f == p.File })
+		errs = append(errs, p.errorAt("metadata.name",
+			"duplicate pipeline name %q: also declared in %s; no pipeline of this name runs until only one file declares it",
+			name, strings.Join(others, ", ")))
 	}
+	out := slices.DeleteFunc(valid, func(p *Pipeline) bool { return len(files[p.Metadata.Name]) > 1 })
 	sort.Slice(out, func(i, j int) bool { return out[i].Metadata.Name < out[j].Metadata.Name })
 	return out, errs
 }

@@ -23,7 +23,7 @@ func TestLoadExamples(t *testing.T) {
 }
 
 // TestLoadOneBadFileBlocksNoOther checks that a file with errors is reported in full while the
-// good file of the same repository still loads, and that a name used twice is reported.
+// good file of the same repository still loads.
 func TestLoadOneBadFileBlocksNoOther(t *testing.T) {
 	pipelines, err := Load(NewRepo(os.DirFS("testdata/repos/mixed")), testClusters)
 	require.Error(t, err)
@@ -32,8 +32,112 @@ func TestLoadOneBadFileBlocksNoOther(t *testing.T) {
 	assert.Equal(t, []string{
 		`pipelines/bad.yaml:12:16: manifests path "no/such/dir" is not a directory of the repository`,
 		`pipelines/bad.yaml:16:16: manifests path "app/deployment.yaml" is not a directory of the repository`,
-		`pipelines/good.yaml:4:9: duplicate pipeline name "good", already defined in pipelines/again.yaml`,
 	}, strings.Split(err.Error(), "\n"))
+}
+
+// pipelineYAML is a valid pipeline file of the given name deploying app/ to namespace ns.
+func pipelineYAML(name, ns string) string {
+	return `apiVersion: ebb.dev/v1alpha1
+kind: Pipeline
+metadata:
+  name: ` + name + `
+spec:
+  manifests: app
+  service: web
+  stages:
+  - {name: dev, cluster: dev, namespace: ` + ns + `}
+`
+}
+
+// TestLoadDuplicateNames checks that a pipeline name declared in two or more files is an
+// error at each file's metadata.name, naming the others, that no pipeline of that name
+// loads (whichever path sorts first), that an unrelated pipeline still does, and that the
+// pipeline loads again once only one file declares its name.
+func TestLoadDuplicateNames(t *testing.T) {
+	deployment, err := os.ReadFile("testdata/repos/mixed/app/deployment.yaml")
+	require.NoError(t, err)
+	const also = "no pipeline of this name runs until only one file declares it"
+	tests := []struct {
+		name   string
+		files  map[string]string
+		loaded []string // names, sorted
+		errs   []string
+	}{{
+		name: "two files, a third unrelated",
+		files: map[string]string{
+			"pipelines/web.yaml":      pipelineYAML("web", "web-dev"),
+			"pipelines/a-copy.yaml":   pipelineYAML("web", "elsewhere"),
+			"pipelines/unrelated.yml": pipelineYAML("other", "other-dev"),
+		},
+		loaded: []string{"other"},
+		errs: []string{
+			`pipelines/a-copy.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/web.yaml; ` + also,
+			`pipelines/web.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/a-copy.yaml; ` + also,
+		},
+	}, {
+		name: "three files",
+		files: map[string]string{
+			"a.yaml":           pipelineYAML("web", "a"),
+			"pipelines/b.yaml": pipelineYAML("web", "b"),
+			"pipelines/c.yaml": pipelineYAML("web", "c"),
+		},
+		errs: []string{
+			`a.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/b.yaml, pipelines/c.yaml; ` + also,
+			`pipelines/b.yaml:4:9: duplicate pipeline name "web": also declared in a.yaml, pipelines/c.yaml; ` + also,
+			`pipelines/c.yaml:4:9: duplicate pipeline name "web": also declared in a.yaml, pipelines/b.yaml; ` + also,
+		},
+	}, {
+		name: "the other file has an error of its own",
+		files: map[string]string{
+			"pipelines/web.yaml":  pipelineYAML("web", "web-dev"),
+			"pipelines/copy.yaml": strings.Replace(pipelineYAML("web", "elsewhere"), "manifests: app", "manifests: nowhere", 1),
+		},
+		errs: []string{
+			`pipelines/copy.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/web.yaml; ` + also,
+			`pipelines/copy.yaml:6:14: manifests path "nowhere" is not a directory of the repository`,
+			`pipelines/web.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/copy.yaml; ` + also,
+		},
+	}, {
+		name: "twice in one file and once in another",
+		files: map[string]string{
+			"pipelines/web.yaml":  pipelineYAML("web", "web-dev"),
+			"pipelines/both.yaml": pipelineYAML("web", "one") + "---\n" + pipelineYAML("web", "two"),
+		},
+		errs: []string{
+			`pipelines/both.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/web.yaml; ` + also,
+			`pipelines/both.yaml:14:9: duplicate pipeline name "web"`,
+			`pipelines/web.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/both.yaml; ` + also,
+		},
+	}, {
+		name: "one file left",
+		files: map[string]string{
+			"pipelines/web.yaml":      pipelineYAML("web", "web-dev"),
+			"pipelines/unrelated.yml": pipelineYAML("other", "other-dev"),
+		},
+		loaded: []string{"other", "web"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			tt.files["app/deployment.yaml"] = string(deployment)
+			for name, data := range tt.files {
+				require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o700))
+				require.NoError(t, os.WriteFile(filepath.Join(root, name), []byte(data), 0o600))
+			}
+			pipelines, err := Load(NewRepo(os.DirFS(root)), testClusters)
+			var names []string
+			for _, p := range pipelines {
+				names = append(names, p.Metadata.Name)
+			}
+			assert.Equal(t, tt.loaded, names)
+			if tt.errs == nil {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Equal(t, tt.errs, strings.Split(err.Error(), "\n"))
+		})
+	}
 }
 
 // TestLoadRemoteBases checks that remote bases and bases outside the repository are refused

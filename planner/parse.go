@@ -27,9 +27,19 @@ func IsPipelineFile(data []byte) bool {
 // has no error at all, and otherwise every error of the file, located at `file:line:col`, as
 // a strictyaml.ErrorList.
 func ParseFile(file string, data []byte, opts Options) ([]*Pipeline, error) {
+	pipelines, errs := parseFile(file, data, opts)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return pipelines, nil
+}
+
+// parseFile is ParseFile that also returns, beside the errors, the pipelines of a file that
+// has some: Load needs the names a broken file declares.
+func parseFile(file string, data []byte, opts Options) ([]*Pipeline, strictyaml.ErrorList) {
 	docs, err := strictyaml.ParseDocuments(file, data)
 	if err != nil {
-		return nil, err
+		return nil, asErrorList(file, err)
 	}
 	var (
 		pipelines []*Pipeline
@@ -46,7 +56,7 @@ func ParseFile(file string, data []byte, opts Options) ([]*Pipeline, error) {
 	}
 	errs = append(errs, duplicateNames(pipelines)...)
 	if len(errs) > 0 {
-		return nil, dedupe(errs)
+		return pipelines, dedupe(errs)
 	}
 	return pipelines, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"ebb.dev/ebb/internal/redact"
 	"ebb.dev/ebb/planner/strictyaml"
 )
 
@@ -236,7 +237,7 @@ func (v *validator) verify(i int, s *Stage) {
 		if h.URL == "" {
 			v.errorf(at+".healthCheck", "missing required field \"url\" in %s.healthCheck", at)
 		} else if err := checkHTTPURL(h.URL); err != nil {
-			v.errorf(at+".healthCheck.url", "bad health check URL %q: %v", h.URL, err)
+			v.errorf(at+".healthCheck.url", "bad health check URL %q: %v", redact.URL(h.URL), err)
 		}
 		if h.Successes < 1 {
 			v.errorf(at+".healthCheck.successes", "successes must be at least 1, got %d", h.Successes)
@@ -249,7 +250,7 @@ func (v *validator) verify(i int, s *Stage) {
 		if m.Prometheus == "" {
 			v.errorf(at+".metrics", "missing required field \"prometheus\" in %s.metrics", at)
 		} else if err := checkHTTPURL(m.Prometheus); err != nil {
-			v.errorf(at+".metrics.prometheus", "bad Prometheus URL %q: %v", m.Prometheus, err)
+			v.errorf(at+".metrics.prometheus", "bad Prometheus URL %q: %v", redact.URL(m.Prometheus), err)
 		}
 		if strings.TrimSpace(m.Query) == "" {
 			v.errorf(at+".metrics", "missing required field \"query\" in %s.metrics", at)

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"ebb.dev/ebb/internal/redact"
 )
 
 // MetricsCheck evaluates an instant PromQL query every Interval for For; fails when a value is
@@ -140,29 +142,30 @@ type promAnswer struct {
 func (m MetricsCheck) query(ctx context.Context, client *http.Client) ([]promSample, error) {
 	ctx, cancel := context.WithTimeout(ctx, min(max(m.Interval, time.Second), 10*time.Second))
 	defer cancel()
+	at := redact.URL(m.Prometheus) // reasons are recorded and shown: the URL may hold a token
 	endpoint := strings.TrimRight(m.Prometheus, "/") + "/api/v1/query?" + url.Values{"query": {m.Query}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
 	if err != nil {
-		return nil, fmt.Errorf("query prometheus at %s: %w", m.Prometheus, err)
+		return nil, fmt.Errorf("query prometheus at %s: %s", at, redact.Text(err.Error()))
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("prometheus at %s unreachable: %w", m.Prometheus, withoutURL(err))
+		return nil, fmt.Errorf("prometheus at %s unreachable: %w", at, withoutURL(err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
-		return nil, fmt.Errorf("read answer of prometheus at %s: %w", m.Prometheus, err)
+		return nil, fmt.Errorf("read answer of prometheus at %s: %w", at, err)
 	}
 	var answer promAnswer
 	if err := json.Unmarshal(body, &answer); err != nil {
-		return nil, fmt.Errorf("prometheus at %s answered HTTP %s, not the query API's JSON", m.Prometheus, resp.Status)
+		return nil, fmt.Errorf("prometheus at %s answered HTTP %s, not the query API's JSON", at, resp.Status)
 	}
 	if answer.Status != "success" {
 		if answer.ErrorType == "bad_data" {
 			return nil, verificationFailed(metricsCheckName, "prometheus rejected the query: %s (query: %s)", answer.Error, m.Query)
 		}
-		return nil, fmt.Errorf("prometheus at %s answered HTTP %s: %s: %s", m.Prometheus, resp.Status, answer.ErrorType, answer.Error)
+		return nil, fmt.Errorf("prometheus at %s answered HTTP %s: %s: %s", at, resp.Status, answer.ErrorType, answer.Error)
 	}
 	return parsePromResult(answer.Data.ResultType, answer.Data.Result)
 }

@@ -11,6 +11,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"ebb.dev/ebb/internal/redact"
 )
 
 // VerificationError says a release was checked and found bad: the stage rolls back.
@@ -93,11 +95,11 @@ func (h HealthCheck) Run(ctx context.Context, client *http.Client) error {
 			failures++
 			last = detail
 			if failures >= h.Failures {
-				return verificationFailed("healthCheck", "%s failed %d times in a row, last: %s", redactURL(h.URL), failures, detail)
+				return verificationFailed("healthCheck", "%s failed %d times in a row, last: %s", redact.URL(h.URL), failures, detail)
 			}
 		}
 		if time.Now().Add(h.Interval).After(deadline) {
-			return verificationFailed("healthCheck", "%s: %d of %d successes within %s (last failure: %s)", redactURL(h.URL), successes, h.Successes, h.Timeout, orNone(last))
+			return verificationFailed("healthCheck", "%s: %d of %d successes within %s (last failure: %s)", redact.URL(h.URL), successes, h.Successes, h.Timeout, orNone(last))
 		}
 		select {
 		case <-ctx.Done():
@@ -113,16 +115,16 @@ func (h HealthCheck) probe(ctx context.Context, client *http.Client) (bool, stri
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
 	if err != nil {
-		return false, err.Error()
+		return false, redact.Text(err.Error()) // a parse error quotes the URL
 	}
 	resp, err := client.Do(req)
 	if err != nil {
 		// A *url.Error repeats the URL, credentials included: keep only its cause.
 		var uerr *url.Error
 		if errors.As(err, &uerr) {
-			return false, uerr.Err.Error()
+			return false, redact.Text(uerr.Err.Error())
 		}
-		return false, err.Error()
+		return false, redact.Text(err.Error())
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 	resp.Body.Close()
@@ -130,16 +132,6 @@ func (h HealthCheck) probe(ctx context.Context, client *http.Client) (bool, stri
 		return false, "HTTP " + resp.Status
 	}
 	return true, ""
-}
-
-// redactURL hides the password of a URL's userinfo, for messages that end up in execution
-// records, events and logs.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(an unparsable URL)"
-	}
-	return u.Redacted()
 }
 
 func orNone(s string) string {

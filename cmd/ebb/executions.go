@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	"ebb.dev/ebb/internal/redact"
 	"ebb.dev/ebb/reconciler"
 )
 
@@ -86,7 +87,7 @@ func printExecutions(w io.Writer, list []reconciler.Execution, wide bool, now ti
 	}
 	fmt.Fprintln(tw, header)
 	for _, x := range list {
-		comment := x.Status.Comment
+		comment := redact.Text(x.Status.Comment)
 		if !wide {
 			comment = cell(comment)
 		}
@@ -161,7 +162,7 @@ func printExecutionTree(w io.Writer, x *reconciler.Execution, now time.Time) {
 		fmt.Fprintf(w, "  rollback:  %s\n", x.Status.Rollback)
 	}
 	if x.Status.Comment != "" {
-		fmt.Fprintf(w, "  comment:   %s\n", x.Status.Comment)
+		fmt.Fprintf(w, "  comment:   %s\n", redact.Text(x.Status.Comment))
 	}
 	for i, s := range x.Status.Stages {
 		branch, indent := "├─", "│  "
@@ -191,7 +192,8 @@ func printObject(w io.Writer, format string, v any) error {
 	} else {
 		data = append(data, '\n')
 	}
-	_, err = w.Write(data)
+	// Records written before URLs were redacted where they are made may still hold one.
+	_, err = io.WriteString(w, redact.Text(string(data)))
 	return err
 }
 
@@ -226,7 +228,7 @@ func message(m string) string {
 	if m == "" {
 		return ""
 	}
-	return "  " + m
+	return "  " + redact.Text(m)
 }
 
 func orDash(s string) string {

@@ -63,3 +63,24 @@ func TestPrintExecutionTree(t *testing.T) {
 		"   └─ Verify deployment  FAILED  27s  rollout: ProgressDeadlineExceeded\n",
 		out.String())
 }
+
+// TestPrintExecutionsRedactsURLs checks that a URL with a token in a record, as a record
+// written before URLs were redacted where they are made may hold, is shown redacted in every
+// output format.
+func TestPrintExecutionsRedactsURLs(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	x := execution(now)
+	x.Status.Comment = `stage dev failed: healthCheck: http://web.dev/healthz?token=hunter2 failed 3 times in a row`
+	x.Status.Stages[0].Tasks[1].Message = `healthCheck: http://ebb:hunter2@web.dev/healthz failed 3 times in a row`
+	var table, wide, tree, yamlOut, jsonOut bytes.Buffer
+	printExecutions(&table, []reconciler.Execution{x}, false, now)
+	printExecutions(&wide, []reconciler.Execution{x}, true, now)
+	printExecutionTree(&tree, &x, now)
+	assert.NoError(t, printObject(&yamlOut, "yaml", x))
+	assert.NoError(t, printObject(&jsonOut, "json", x))
+	for name, out := range map[string]string{"table": table.String(), "wide": wide.String(), "tree": tree.String(), "yaml": yamlOut.String(), "json": jsonOut.String()} {
+		assert.NotContains(t, out, "hunter2", name)
+		assert.Contains(t, out, "http://web.dev/healthz?token=***", name)
+	}
+	assert.Contains(t, tree.String(), "http://***@web.dev/healthz failed")
+}

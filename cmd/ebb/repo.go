@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"ebb.dev/ebb/gitsource"
+	"ebb.dev/ebb/internal/redact"
 )
 
 // repoFlags say where a command reads pipelines from.
@@ -40,7 +41,7 @@ func openRepo(ctx context.Context, f repoFlags) (fsys fs.FS, describe string, cl
 		_ = src.Close() // the snapshot reads from the clone until then
 		_ = os.RemoveAll(cache)
 	}
-	return snap.FS, fmt.Sprintf("%s@%s", gitsource.RedactURL(f.repo), snap.ShortCommit()), cleanup, nil
+	return snap.FS, fmt.Sprintf("%s@%s", redact.URL(f.repo), snap.ShortCommit()), cleanup, nil
 }
 
 // pollOnce clones the source once.

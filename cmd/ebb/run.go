@@ -17,6 +17,7 @@ import (
 	"ebb.dev/ebb/gitsource"
 	"ebb.dev/ebb/internal/config"
 	"ebb.dev/ebb/internal/daemon"
+	"ebb.dev/ebb/internal/redact"
 )
 
 // runFlags are the flags of `ebb run`.
@@ -115,7 +116,7 @@ func runDaemon(ctx context.Context, f runFlags) error {
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	logger.Info("starting", "repo", gitsource.RedactURL(f.repo), "branch", src.Branch, "tag", src.Tag, "path", f.path, "namespace", ns)
+	logger.Info("starting", "repo", redact.URL(f.repo), "branch", src.Branch, "tag", src.Tag, "path", f.path, "namespace", ns)
 	err = daemon.Run(ctx, daemon.Options{
 		Source: src, Config: cfg, Home: home, Namespace: ns, Listen: f.listen,
 		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,

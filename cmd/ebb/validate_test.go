@@ -20,10 +20,14 @@ func TestValidate(t *testing.T) {
 		{"argocd example apps", []string{"validate", "../../planner/testdata/argocd-example-apps"},
 			0, "3 pipelines valid, 3 stages rendered\n", nil},
 		{"one bad file", []string{"validate", "../../planner/testdata/repos/mixed"},
-			1, "3 errors; 1 pipelines valid\n", []string{
+			1, "2 errors; 1 pipelines valid\n", []string{
 				`../../planner/testdata/repos/mixed/pipelines/bad.yaml:12:16: manifests path "no/such/dir" is not a directory of the repository`,
 				`../../planner/testdata/repos/mixed/pipelines/bad.yaml:16:16: manifests path "app/deployment.yaml" is not a directory of the repository`,
-				`../../planner/testdata/repos/mixed/pipelines/good.yaml:4:9: duplicate pipeline name "good", already defined in pipelines/again.yaml`,
+			}},
+		{"duplicate names", []string{"validate", "../../planner/testdata/repos/duplicate"},
+			1, "2 errors; 1 pipelines valid\n", []string{
+				`../../planner/testdata/repos/duplicate/pipelines/a-takeover.yaml:5:9: duplicate pipeline name "web": also declared in pipelines/web.yaml; no pipeline of this name runs until only one file declares it`,
+				`../../planner/testdata/repos/duplicate/pipelines/web.yaml:4:9: duplicate pipeline name "web": also declared in pipelines/a-takeover.yaml; no pipeline of this name runs until only one file declares it`,
 			}},
 		{"unknown cluster", []string{"validate", "--config", "testdata/config.yaml", "../../examples/rolling-upgrade"},
 			1, "1 errors; 0 pipelines valid\n", []string{
