@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // benchRepo writes a repository of n pipelines the size of the rolling-upgrade example: each
@@ -131,5 +132,131 @@ func BenchmarkDiffStage(b *testing.B) {
 		if after[k] != v {
 			b.Fatalf("planning changed the resourceVersion of %s from %s to %s", k, v, after[k])
 		}
+	}
+}
+
+// BenchmarkGoodBesideHostile renders the pipeline "good" while another pipeline's manifest is
+// hostile, each iteration a new snapshot and renderer, as a daemon that just started sees
+// them:
+//
+//   - alone: the good pipeline and nothing else, for comparison;
+//   - 50MB: beside a 50 MB ConfigMap (refused unread by maxFileBytes);
+//   - bomb: beside a YAML alias bomb (refused by maxYAMLAliases without being expanded);
+//   - slow: beside a manifest within every limit that kustomize reads for seconds (it reads a
+//     mapping in time quadratic in its keys), which runs into the render deadline.
+//
+// good-ms is how long the good pipeline's Render took, started at the same moment as the
+// hostile one's; all-ms is how long RenderAll of both took: what the daemon waits for before
+// it hands a snapshot's releases to the reconciler (at most the render deadline, 10s).
+func BenchmarkGoodBesideHostile(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		files map[string]map[string]string
+		big   bool
+	}{
+		{"alone", nil, false},
+		{"50MB", map[string]map[string]string{"hostile": {}}, true},
+		{"bomb", map[string]map[string]string{"hostile": {"bomb.yaml": aliasBombYAML()}}, false},
+		{"slow", map[string]map[string]string{"hostile": {"slow.yaml": slowManifest(50, 10000)}}, false},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			dir := hostileRepo(b, tc.files)
+			if tc.big {
+				writeConfigMap(b, filepath.Join(dir, "hostile", "huge.yaml"), 50<<20)
+			}
+			opts := testClusters
+			opts.Limits = DefaultLimits()
+			warm, p := loadOne(b, dir, "good") // kustomize parses its schema once per process
+			if _, err := NewRenderer(opts).Render(warm, p, "dev"); err != nil {
+				b.Fatal(err)
+			}
+			var good, all time.Duration
+			for b.Loop() {
+				repo := NewRepo(os.DirFS(dir))
+				pipelines, err := Load(repo, opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				r := NewRenderer(opts)
+				start := time.Now()
+				done := make(chan error, 1)
+				go func() { _, err := r.RenderAll(repo, pipelines); done <- err }()
+				if _, err := r.Render(repo, pipelines[0], "dev"); err != nil {
+					b.Fatal(err)
+				}
+				good += time.Since(start)
+				err = <-done
+				all += time.Since(start)
+				if (err != nil) != (tc.files != nil) || (tc.name == "slow" && !strings.Contains(err.Error(), "limits.renderTimeout")) {
+					b.Fatalf("RenderAll: %v", err)
+				}
+				b.StopTimer()
+				waitIdle(r) // the slow build runs on past its deadline: not into the next iteration
+				b.StartTimer()
+			}
+			b.ReportMetric(good.Seconds()*1000/float64(b.N), "good-ms/op")
+			b.ReportMetric(all.Seconds()*1000/float64(b.N), "all-ms/op")
+		})
+	}
+}
+
+// waitIdle waits until no build of r runs.
+func waitIdle(r *Renderer) {
+	for len(r.slots) > 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchmarkRenderAtLimits renders a stage at the default limits of ordinary manifests and
+// reports the heap the render took above the start (peak-heap-MiB), what the defaults were
+// chosen by: two such renders at once fit in the chart's 512 Mi, and each within the render
+// deadline.
+//
+//   - documents: 1000 Deployments of two containers (kustomize's time grows with the square
+//     of the number of objects: 2000 take five times as long);
+//   - bytes: just under 10 MiB in 1000 ConfigMaps of 10 KB.
+func BenchmarkRenderAtLimits(b *testing.B) {
+	deployment := deploymentYAML + `        env:
+        - {name: LOG_LEVEL, value: info}
+        - {name: DATABASE_URL, valueFrom: {secretKeyRef: {name: db, key: url}}}
+        resources:
+          requests: {cpu: 100m, memory: 128Mi}
+        readinessProbe:
+          httpGet: {path: /readyz, port: 8080}
+      - name: sidecar
+        image: registry.example.com/team/proxy:1.0
+        args: [--listen=:9090, --upstream=127.0.0.1:8080]
+`
+	var configMap strings.Builder
+	configMap.WriteString("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n")
+	for k := range 48 {
+		fmt.Fprintf(&configMap, "  key%02d: %s\n", k, strings.Repeat("v", 200))
+	}
+	for _, tc := range []struct{ name, doc string }{{"documents", deployment}, {"bytes", configMap.String()}} {
+		b.Run(tc.name, func(b *testing.B) {
+			dir := hostileRepo(b, nil)
+			var m strings.Builder
+			for i := range DefaultLimits().MaxDocuments - 1 { // and the Deployment web
+				fmt.Fprintf(&m, "---\n%s", strings.Replace(tc.doc, "name: web\n", fmt.Sprintf("name: web-%d\n", i), 1))
+			}
+			writeTree(b, dir, map[string]string{"app/many.yaml": m.String()})
+			opts := testClusters
+			opts.Limits = DefaultLimits()
+			var peak uint64
+			for b.Loop() {
+				repo, p := loadOne(b, dir, "good")
+				stop := heapPeak(2 << 30)
+				rel, err := NewRenderer(opts).Render(repo, p, "dev")
+				peak = max(peak, stop())
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(rel.Objects) < 1000 {
+					b.Fatalf("rendered %d objects", len(rel.Objects))
+				}
+			}
+			b.ReportMetric(float64(m.Len())/(1<<20), "manifest-MiB")
+			b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+		})
 	}
 }

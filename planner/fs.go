@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"ebb.dev/ebb/planner/strictyaml"
 )
 
 // repoRoot is where the repository sits in the in-memory filesystem kustomize reads. Nothing
@@ -36,6 +38,19 @@ type Repo struct {
 	// setsSchema is whether a kustomization may set kustomize's OpenAPI schema (it mentions
 	// `openapi`): its builds cannot run at the same time as others.
 	setsSchema bool
+	// oversized holds the size of each file, by its path in mem, that was over MaxFileBytes
+	// and so was not copied: mem holds an empty file in its place, which renders must not
+	// read. Written once, with mem.
+	oversized map[string]int64
+	// shapes remembers, by path in mem, each manifest's check against the limits of its
+	// shape: every stage rendering it reads the same file.
+	shapes sync.Map // string -> shapeResult
+}
+
+// shapeResult is a manifest's check: its number of documents, or the limit it exceeds.
+type shapeResult struct {
+	docs int
+	err  error
 }
 
 // NewRepo wraps a filesystem rooted at the repository root (or at the configured path inside
@@ -123,25 +138,42 @@ func (r *Repo) isDir(name string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// memFS returns the repository copied into an in-memory filesystem under repoRoot, built
-// once per snapshot. Symlinks inside the repository are copied as what they point to;
-// symlinks leading out of it are left out, so to kustomize they do not exist.
-func (r *Repo) memFS() (filesys.FileSystem, error) {
+// memFS returns the repository copied into an in-memory filesystem under repoRoot, with the
+// default limit per file.
+func (r *Repo) memFS() (filesys.FileSystem, error) { return r.memFSWith(DefaultLimits().MaxFileBytes) }
+
+// memFSWith returns the repository copied into an in-memory filesystem under repoRoot, built
+// once per snapshot, with the limit per file of its first caller. Symlinks inside the
+// repository are copied as what they point to; symlinks leading out of it are left out, so to
+// kustomize they do not exist. A file over maxFileBytes is not read (see oversized).
+func (r *Repo) memFSWith(maxFileBytes int64) (filesys.FileSystem, error) {
 	r.once.Do(func() {
 		mem := filesys.MakeFsInMemory()
 		if err := mem.MkdirAll(repoRoot); err != nil {
 			r.memErr = err
 			return
 		}
-		r.memErr = r.copyTree(mem, ".", ".", 0)
+		r.oversized = map[string]int64{}
+		r.memErr = r.copyTree(mem, ".", ".", 0, maxFileBytes)
 		r.mem = mem
 	})
 	return r.mem, r.memErr
 }
 
+// shape checks a manifest of mem against the limits of its shape, once per snapshot.
+func (r *Repo) shape(p string, data []byte, l strictyaml.Limits) (int, error) {
+	if v, ok := r.shapes.Load(p); ok {
+		res := v.(shapeResult)
+		return res.docs, res.err
+	}
+	docs, err := strictyaml.Check(repoPath(p), data, l)
+	r.shapes.Store(p, shapeResult{docs, err})
+	return docs, err
+}
+
 // copyTree copies the directory src of the repository to dst in mem. Hidden directories
 // (.git, .github) are skipped: they are not manifests.
-func (r *Repo) copyTree(mem filesys.FileSystem, src, dst string, depth int) error {
+func (r *Repo) copyTree(mem filesys.FileSystem, src, dst string, depth int, maxFileBytes int64) error {
 	if depth > maxSymlinkHops {
 		return nil // a symlink cycle; what was copied so far is enough
 	}
@@ -165,7 +197,7 @@ func (r *Repo) copyTree(mem filesys.FileSystem, src, dst string, depth int) erro
 				continue
 			}
 			if fi.IsDir() {
-				if err := r.copyTree(mem, real, to, depth+1); err != nil {
+				if err := r.copyTree(mem, real, to, depth+1, maxFileBytes); err != nil {
 					return err
 				}
 				continue
@@ -175,15 +207,20 @@ func (r *Repo) copyTree(mem filesys.FileSystem, src, dst string, depth int) erro
 			if strings.HasPrefix(name, ".") {
 				continue
 			}
-			if err := r.copyTree(mem, from, to, depth); err != nil {
+			if err := r.copyTree(mem, from, to, depth, maxFileBytes); err != nil {
 				return err
 			}
 			continue
 		} else if !e.Type().IsRegular() {
 			continue
 		}
-		data, err := fs.ReadFile(r.fsys, from)
-		if err != nil {
+		data, size, err := readLimited(r.fsys, from, maxFileBytes)
+		if errors.Is(err, errTooBig) {
+			// A stand-in that differs from any other content, so that the cache of renders
+			// sees the file change; renders refuse to read it.
+			r.oversized[path.Join(repoRoot, to)] = size
+			data = fmt.Appendf(nil, "# ebb: not read: %d bytes, over the limit of %d per file\n", size, maxFileBytes)
+		} else if err != nil {
 			return fmt.Errorf("read %s: %w", from, err)
 		}
 		if slices.Contains(kustomizationFiles, name) && bytes.Contains(data, []byte("openapi")) {

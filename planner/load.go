@@ -1,6 +1,7 @@
 package planner
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -21,14 +22,13 @@ import (
 // is "the" pipeline is not decided by the order of their paths, so a new file cannot take
 // over a pipeline, its stages or its ledger.
 func Load(repo *Repo, opts Options) ([]*Pipeline, error) {
-	files, err := findPipelineFiles(repo)
+	files, errs, err := findPipelineFiles(repo, opts.Limits.orDefaults().MaxFileBytes)
 	if err != nil {
 		return nil, err
 	}
 	var (
 		valid    []*Pipeline
 		declared []*Pipeline
-		errs     strictyaml.ErrorList
 	)
 	for _, f := range files {
 		pipelines, fileErrs := loadFile(repo, f.name, f.data, opts)
@@ -92,10 +92,17 @@ type pipelineFile struct {
 	data []byte
 }
 
+// pipelineSniff is how much of a file too big to read is read to tell whether it is a pipeline
+// file: its first document's apiVersion is near the top.
+const pipelineSniff = 64 << 10
+
 // findPipelineFiles returns the YAML files of the repository that are ebb files, in path
-// order.
-func findPipelineFiles(repo *Repo) ([]pipelineFile, error) {
-	var files []pipelineFile
+// order. A pipeline file over maxFileBytes is not read but reported, at the file.
+func findPipelineFiles(repo *Repo, maxFileBytes int64) ([]pipelineFile, strictyaml.ErrorList, error) {
+	var (
+		files []pipelineFile
+		errs  strictyaml.ErrorList
+	)
 	err := fs.WalkDir(repo.fsys, ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("read repository: %w", err)
@@ -109,7 +116,13 @@ func findPipelineFiles(repo *Repo) ([]pipelineFile, error) {
 		if !d.Type().IsRegular() || !isYAMLName(name) {
 			return nil
 		}
-		data, err := fs.ReadFile(repo.fsys, name)
+		data, size, err := readLimited(repo.fsys, name, maxFileBytes)
+		if errors.Is(err, errTooBig) {
+			if head, err := readPrefix(repo.fsys, name, pipelineSniff); err == nil && IsPipelineFile(trimBOM(head)) {
+				errs = append(errs, fileTooBig(name, size, maxFileBytes))
+			}
+			return nil // a manifest: a render that needs it reports it
+		}
 		if err != nil {
 			return fmt.Errorf("read %s: %w", name, err)
 		}
@@ -119,7 +132,7 @@ func findPipelineFiles(repo *Repo) ([]pipelineFile, error) {
 		}
 		return nil
 	})
-	return files, err
+	return files, errs, err
 }
 
 func isYAMLName(name string) bool {

@@ -3,7 +3,6 @@ package planner
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"path"
 	"slices"
 	"strings"
@@ -60,7 +59,11 @@ func checkKustomizations(repo *Repo, dir string, opts Options) strictyaml.ErrorL
 			continue
 		}
 		seen[dir] = true
-		file, refs := readKustomizationRefs(repo, dir)
+		file, refs, err := readKustomizationRefs(repo, dir, opts.Limits.orDefaults().MaxFileBytes)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		for _, ref := range refs {
 			next, err := checkRef(repo, dir, ref.Value, opts)
 			if err != nil {
@@ -75,17 +78,20 @@ func checkKustomizations(repo *Repo, dir string, opts Options) strictyaml.ErrorL
 
 // readKustomizationRefs returns the kustomization file of dir and the nodes of its resources,
 // bases and components. Files that do not parse are left for kustomize to report when
-// rendering.
-func readKustomizationRefs(repo *Repo, dir string) (string, []*yaml.Node) {
+// rendering; a file over maxFileBytes is an error, at the file, and is not read.
+func readKustomizationRefs(repo *Repo, dir string, maxFileBytes int64) (string, []*yaml.Node, *strictyaml.Error) {
 	for _, name := range kustomizationFiles {
 		file := path.Join(dir, name)
-		data, err := fs.ReadFile(repo.fsys, file)
+		data, size, err := readLimited(repo.fsys, file, maxFileBytes)
+		if errors.Is(err, errTooBig) {
+			return file, nil, fileTooBig(file, size, maxFileBytes)
+		}
 		if err != nil {
 			continue
 		}
 		var doc yaml.Node
 		if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
-			return file, nil
+			return file, nil, nil
 		}
 		m := doc.Content[0]
 		var refs []*yaml.Node
@@ -99,9 +105,9 @@ func readKustomizationRefs(repo *Repo, dir string) (string, []*yaml.Node) {
 				}
 			}
 		}
-		return file, refs
+		return file, refs, nil
 	}
-	return "", nil
+	return "", nil, nil
 }
 
 // checkRef checks one entry of a kustomization and returns the repository directory it names,

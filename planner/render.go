@@ -1,6 +1,7 @@
 package planner
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/kustomize/api/filters/imagetag"
@@ -27,6 +29,8 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/openapi"
 	kyaml "sigs.k8s.io/kustomize/kyaml/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"ebb.dev/ebb/planner/strictyaml"
 )
 
 // scratchRoot holds the kustomization ebb writes for a plain YAML directory. It is outside
@@ -37,14 +41,21 @@ const scratchRoot = "/ebb"
 // its builds share. Once parsed, builds only read it, and run at once under the read lock. A
 // kustomization's `openapi` field changes it and marks it to be parsed again, lazily, while
 // other builds read it unlocked: builds that may set it hold the write lock.
+//
+// The lock is taken by trying, not waiting: a writer waiting in Lock would hold up every
+// reader behind it, and a build past its deadline may hold the lock for long. A build that
+// cannot have it by its deadline gives up, and no build waits behind another's wait.
 var (
 	kustomizeMu sync.RWMutex
 	parseSchema sync.Once
 )
 
+// lockRetry is how often a build tries the lock again.
+const lockRetry = 2 * time.Millisecond
+
 // lockKustomize locks for one build, exclusively when the build may set the schema, and
-// returns the unlock.
-func lockKustomize(setsSchema bool) (unlock func()) {
+// returns the unlock; it gives up when ctx ends first.
+func lockKustomize(ctx context.Context, setsSchema bool) (unlock func(), err error) {
 	if !setsSchema {
 		// Parse the default schema before any builds run at once: kustomize parses it on
 		// first use, while other builds may read it unlocked.
@@ -53,28 +64,54 @@ func lockKustomize(setsSchema bool) (unlock func()) {
 			defer kustomizeMu.Unlock()
 			openapi.Schema()
 		})
-		kustomizeMu.RLock()
-		return kustomizeMu.RUnlock
+		if err := tryLock(ctx, kustomizeMu.TryRLock); err != nil {
+			return nil, err
+		}
+		return kustomizeMu.RUnlock, nil
 	}
-	kustomizeMu.Lock()
+	if err := tryLock(ctx, kustomizeMu.TryLock); err != nil {
+		return nil, err
+	}
 	return func() {
 		// Put the default schema back, parsed: kustomize would keep this build's for the
 		// builds after it that set none, and parse it lazily while they read it.
 		openapi.ResetOpenAPI()
 		openapi.Schema()
 		kustomizeMu.Unlock()
+	}, nil
+}
+
+// tryLock calls try until it succeeds or ctx ends.
+func tryLock(ctx context.Context, try func() bool) error {
+	for !try() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(lockRetry):
+		}
 	}
+	return nil
 }
 
 // Renderer renders stages into releases and remembers, per pipeline stage, the inputs of the
 // last render: a stage whose inputs did not change is not rendered again. Its methods may be
 // called from several goroutines at once.
+//
+// Each render has its own deadline (Limits.RenderTimeout) and runs in one of a fixed number of
+// slots, as many as there are CPUs: the slots bound the memory of the builds running at once,
+// and the deadline bounds how long anyone waits for one. A build past its deadline cannot be
+// stopped (kustomize takes no context; it only stops at its next look at the repository), so
+// it is left to finish in its slot, and the same inputs are not built again: a slow manifest
+// costs its pipeline a failed render, once per change, and no other pipeline more than a slot.
 type Renderer struct {
-	opts Options
+	opts   Options
+	limits Limits
+	slots  chan struct{}
 
-	mu    sync.Mutex
-	cache map[string]*cacheEntry
-	stats RenderStats
+	mu      sync.Mutex
+	cache   map[string]*cacheEntry
+	running map[string]bool // stages whose build outlived its deadline and still runs
+	stats   RenderStats
 }
 
 // RenderStats count renders, for logs, metrics and tests.
@@ -83,17 +120,25 @@ type RenderStats struct {
 	Rendered int
 	// Reused is how many releases came from the cache because their inputs were unchanged.
 	Reused int
+	// TimedOut is how many renders failed for the deadline: at their own, or because a build
+	// of the stage's same inputs outlived its own.
+	TimedOut int
 }
 
 type cacheEntry struct {
 	params  string
 	ops     []fsOp
 	release *Release
+	// timedOut marks inputs whose build outlived its deadline: they fail at once.
+	timedOut bool
 }
 
 // NewRenderer returns a Renderer with an empty cache.
 func NewRenderer(opts Options) *Renderer {
-	return &Renderer{opts: opts, cache: map[string]*cacheEntry{}}
+	return &Renderer{
+		opts: opts, limits: opts.Limits.orDefaults(), slots: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		cache: map[string]*cacheEntry{}, running: map[string]bool{},
+	}
 }
 
 // Stats returns the counts so far.
@@ -145,9 +190,10 @@ func (r *Renderer) Render(repo *Repo, p *Pipeline, stage string) (*Release, erro
 
 // RenderAll renders every stage of every pipeline, as many at once as there are CPUs, and
 // returns the releases that rendered, in pipeline and stage order. A stage that fails does
-// not stop the others; its error is located at the field that set its manifests, and all of
-// them are returned as RenderErrors, which name each failed stage's pipeline and also read as
-// a strictyaml.ErrorList.
+// not stop the others, nor does one that is slow: each render has its own deadline. A failed
+// stage's error is located at the manifest that exceeded a limit, or else at the field that
+// set its manifests, and all of them are returned as RenderErrors, which name each failed
+// stage's pipeline and also read as a strictyaml.ErrorList.
 func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, error) {
 	type job struct {
 		p     *Pipeline
@@ -172,7 +218,7 @@ func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, err
 			p, stage := jobs[i].p, jobs[i].stage
 			errs = append(errs, &StageError{
 				Pipeline: p.Metadata.Name, Stage: p.Spec.Stages[stage].Name,
-				Err: p.errorAt(p.manifestsField(stage), "%v", failures[i]),
+				Err: locate(p, stage, failures[i]),
 			})
 			continue
 		}
@@ -180,6 +226,17 @@ func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, err
 	}
 	errs.sort()
 	return rendered, errs.Err()
+}
+
+// locate places a stage's render error: at the manifest that exceeded a limit, or else at the
+// field that set the stage's manifests.
+func locate(p *Pipeline, stage int, err error) *strictyaml.Error {
+	var at *strictyaml.Error
+	if errors.As(err, &at) {
+		return &strictyaml.Error{File: at.File, Pos: at.Pos,
+			Msg: fmt.Sprintf("render stage %q of pipeline %q: %s", p.Spec.Stages[stage].Name, p.Metadata.Name, at.Msg)}
+	}
+	return p.errorAt(p.manifestsField(stage), "%v", err)
 }
 
 // forEach calls fn(0) … fn(n-1) on up to workers goroutines and returns when all are done.
@@ -199,43 +256,163 @@ func forEach(n, workers int, fn func(i int)) {
 	wg.Wait()
 }
 
-// render returns the cached release when its inputs are unchanged, and builds it otherwise.
-// Renders of a snapshot may run at once: each has its own view of the shared files.
+// render returns the cached release when its inputs are unchanged, and builds it otherwise,
+// within the render's deadline. Renders of a snapshot may run at once: each has its own view
+// of the shared files.
 func (r *Renderer) render(repo *Repo, params renderParams) (*Release, error) {
-	mem, err := repo.memFS()
+	mem, err := repo.memFSWith(r.limits.MaxFileBytes)
 	if err != nil {
 		return nil, err
 	}
 	cacheKey, paramsKey := params.Pipeline+"/"+params.Stage, params.key()
-	if rel := r.cached(cacheKey, paramsKey, mem); rel != nil {
-		return rel, nil
+	if rel, err, ok := r.cached(cacheKey, paramsKey, mem); ok {
+		return rel, err
 	}
-	fsys := newRenderFS(mem)
-	unlock := lockKustomize(repo.setsSchema || r.opts.AllowRemoteBases)
-	rel, err := build(fsys, params)
-	unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), r.limits.RenderTimeout)
+	defer cancel()
+	f, err := r.start(ctx, cacheKey)
 	if err != nil {
 		return nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	fsys := newRenderFS(mem).limited(repo, r.limits, deadline)
+	go r.build(ctx, f, fsys, params, paramsKey, repo.setsSchema || r.opts.AllowRemoteBases)
+	select {
+	case res := <-f.done:
+		return r.finished(cacheKey, paramsKey, fsys, res)
+	case <-ctx.Done():
+		return r.abandon(cacheKey, paramsKey, fsys, f)
+	}
+}
+
+// flight is one build running in a slot.
+type flight struct {
+	key  string
+	done chan buildResult // buffered: the build never waits for its caller
+	// abandoned says the caller stopped waiting at the deadline; guarded by Renderer.mu.
+	abandoned bool
+}
+
+type buildResult struct {
+	rel   *Release
+	err   error
+	built bool // kustomize ran; false when the lock was not had in time
+}
+
+// start takes a slot for a build of the stage key, or fails when the stage's previous build
+// still runs past its deadline or no slot frees up before ctx ends.
+func (r *Renderer) start(ctx context.Context, key string) (*flight, error) {
+	r.mu.Lock()
+	running := r.running[key]
+	r.mu.Unlock()
+	if running {
+		r.countTimeout()
+		return nil, fmt.Errorf("the stage's previous render is still running, past its deadline of %s (limits.renderTimeout); it is tried again once that one ends", r.limits.RenderTimeout)
+	}
+	select {
+	case r.slots <- struct{}{}:
+		return &flight{key: key, done: make(chan buildResult, 1)}, nil
+	case <-ctx.Done():
+		r.countTimeout()
+		return nil, fmt.Errorf("no render could start within %s (limits.renderTimeout): all %d render slots are taken by other renders", r.limits.RenderTimeout, cap(r.slots))
+	}
+}
+
+// build runs kustomize for one flight and hands the result over, or, when its caller left at
+// the deadline, remembers the inputs as too slow. It frees the slot.
+func (r *Renderer) build(ctx context.Context, f *flight, fsys *renderFS, params renderParams, paramsKey string, exclusive bool) {
+	defer func() { <-r.slots }()
+	var res buildResult
+	unlock, err := lockKustomize(ctx, exclusive)
+	if err != nil {
+		res.err = err
+	} else {
+		res.rel, res.err = safeBuild(fsys, params)
+		res.built = true
+		unlock()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !f.abandoned {
+		f.done <- res
+		return
+	}
+	delete(r.running, f.key)
+	if res.built {
+		r.cache[f.key] = &cacheEntry{params: paramsKey, ops: fsys.ops, timedOut: true}
+	}
+}
+
+// finished caches and returns a build's result.
+func (r *Renderer) finished(cacheKey, paramsKey string, fsys *renderFS, res buildResult) (*Release, error) {
+	if errors.Is(res.err, errPastDeadline) || errors.Is(res.err, context.DeadlineExceeded) {
+		r.countTimeout() // stopped at a look at the repository, or waiting for the lock
+		return nil, r.timeoutError()
+	}
+	if res.err != nil {
+		return nil, res.err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.stats.Rendered++
-	r.cache[cacheKey] = &cacheEntry{params: paramsKey, ops: fsys.ops, release: rel}
-	return rel, nil
+	r.cache[cacheKey] = &cacheEntry{params: paramsKey, ops: fsys.ops, release: res.rel}
+	return res.rel, nil
 }
 
-// cached returns the cached release of a stage if its parameters and files are unchanged.
-func (r *Renderer) cached(cacheKey, paramsKey string, mem filesys.FileSystem) *Release {
+// abandon stops waiting for a flight at its deadline, unless it just finished.
+func (r *Renderer) abandon(cacheKey, paramsKey string, fsys *renderFS, f *flight) (*Release, error) {
+	r.mu.Lock()
+	select {
+	case res := <-f.done:
+		r.mu.Unlock()
+		return r.finished(cacheKey, paramsKey, fsys, res)
+	default:
+	}
+	f.abandoned = true
+	r.running[f.key] = true
+	r.stats.TimedOut++
+	r.mu.Unlock()
+	return nil, r.timeoutError()
+}
+
+func (r *Renderer) countTimeout() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stats.TimedOut++
+}
+
+func (r *Renderer) timeoutError() error {
+	return fmt.Errorf("the render took longer than %s (limits.renderTimeout)", r.limits.RenderTimeout)
+}
+
+// cached returns the cached result of a stage if its parameters and files are unchanged: its
+// release, or, for inputs whose build outlived its deadline, that error.
+func (r *Renderer) cached(cacheKey, paramsKey string, mem filesys.FileSystem) (*Release, error, bool) {
 	r.mu.Lock()
 	e := r.cache[cacheKey]
 	r.mu.Unlock()
 	if e == nil || e.params != paramsKey || !replay(e.ops, mem) {
-		return nil
+		return nil, nil, false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if e.timedOut {
+		r.stats.TimedOut++
+		return nil, fmt.Errorf("%w with these same inputs; it is tried again when they change", r.timeoutError()), true
+	}
 	r.stats.Reused++
-	return e.release
+	return e.release, nil, true
+}
+
+// safeBuild is build that turns a panic into the render's error: kustomize reads what anyone
+// with push access wrote, and a panic in its goroutine would stop every pipeline.
+func safeBuild(fsys *renderFS, params renderParams) (rel *Release, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			rel, err = nil, fmt.Errorf("kustomize failed on these manifests: %v", p)
+		}
+	}()
+	return build(fsys, params)
 }
 
 // build runs the named steps of a render: kustomize with the stage's namespace and labels,
@@ -243,6 +420,10 @@ func (r *Renderer) cached(cacheKey, paramsKey string, mem filesys.FileSystem) *R
 // hashed.
 func build(fsys *renderFS, params renderParams) (*Release, error) {
 	m, err := runKustomize(fsys, params)
+	if fsys.exceeded != nil {
+		// kustomize wraps the read's error in its own words; the limit is the cause.
+		return nil, fsys.exceeded
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -365,7 +546,7 @@ func stageResources(fsys *renderFS, src string) ([]string, bool, error) {
 		if (ext != ".yaml" && ext != ".yml" && ext != ".json") || fsys.IsDir(file) {
 			continue
 		}
-		data, err := fsys.ReadFile(file)
+		data, err := fsys.peek(file)
 		if err != nil {
 			return nil, false, err
 		}

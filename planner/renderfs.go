@@ -2,13 +2,17 @@ package planner
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"ebb.dev/ebb/planner/strictyaml"
 )
 
 // errReadOnly says a render tried to change the repository. The snapshot's filesystem is
@@ -22,15 +26,86 @@ var errReadOnly = errors.New("the repository is read-only while rendering")
 //
 // It notes every look at the repository and what it saw (see cache.go). Looks at a stand-in's
 // content and at the scratch directory are not inputs and are not noted.
+//
+// It also keeps the render within its Limits: it refuses a file over MaxFileBytes, a read
+// past MaxRenderBytes or MaxDocuments, a manifest whose shape exceeds a limit, and any read
+// after the render's deadline, so that kustomize stops at its next file. The first limit hit
+// is kept in exceeded, located, for the render to report instead of kustomize's wrapping of
+// it.
 type renderFS struct {
 	repo     filesys.FileSystem
 	scratch  filesys.FileSystem
 	standIns map[string][]byte
 	ops      []fsOp
+
+	snapshot *Repo
+	limits   Limits
+	deadline time.Time
+	read     int64 // bytes read from the repository
+	docs     int   // YAML documents in what was read
+	exceeded error
 }
 
 func newRenderFS(repo filesys.FileSystem) *renderFS {
-	return &renderFS{repo: repo, scratch: filesys.MakeFsInMemory(), standIns: map[string][]byte{}}
+	return &renderFS{repo: repo, scratch: filesys.MakeFsInMemory(), standIns: map[string][]byte{}, limits: DefaultLimits()}
+}
+
+// limited makes the render keep to the limits of a snapshot, until the deadline.
+func (r *renderFS) limited(snapshot *Repo, limits Limits, deadline time.Time) *renderFS {
+	r.snapshot, r.limits, r.deadline = snapshot, limits, deadline
+	return r
+}
+
+// errPastDeadline stops a render whose time is up at its next look at the repository.
+var errPastDeadline = errors.New("the render is past its deadline")
+
+// exceed records the first limit the render hit and returns it.
+func (r *renderFS) exceed(err error) error {
+	if r.exceeded == nil {
+		r.exceeded = err
+	}
+	return r.exceeded
+}
+
+// checkRead keeps a read of a repository file within the limits.
+func (r *renderFS) checkRead(p string, data []byte) error {
+	file := repoPath(p)
+	if r.snapshot != nil {
+		if size, ok := r.snapshot.oversized[cleanAbs(p)]; ok {
+			return r.exceed(fileTooBig(file, size, r.limits.MaxFileBytes))
+		}
+	}
+	if r.read += int64(len(data)); r.read > r.limits.MaxRenderBytes {
+		return r.exceed(atFile(file, "reading it makes the render read %s, over the limit of %s per render (limits.maxRenderBytes)",
+			byteSize(r.read), byteSize(r.limits.MaxRenderBytes)))
+	}
+	if r.snapshot == nil || !isManifestName(p) {
+		return nil
+	}
+	docs, err := r.snapshot.shape(cleanAbs(p), data, r.limits.manifestLimits())
+	var le *strictyaml.LimitError
+	if errors.As(err, &le) {
+		return r.exceed(&strictyaml.Error{File: le.At.File, Pos: le.At.Pos, Msg: fmt.Sprintf("%s (%s)", le.At.Msg, setting[le.Limit])})
+	}
+	if r.docs += docs; r.docs > r.limits.MaxDocuments {
+		return r.exceed(atFile(file, "reading it makes the render read %d YAML documents, more than %d (limits.maxDocuments)", r.docs, r.limits.MaxDocuments))
+	}
+	return nil
+}
+
+// isManifestName reports whether kustomize may read a file as YAML: by its extension, or the
+// extensionless kustomization name.
+func isManifestName(p string) bool {
+	switch path.Ext(p) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return path.Base(p) == "Kustomization"
+}
+
+// pastDeadline reports whether the render's time is up.
+func (r *renderFS) pastDeadline() bool {
+	return !r.deadline.IsZero() && time.Now().After(r.deadline)
 }
 
 var _ filesys.FileSystem = (*renderFS)(nil)
@@ -98,6 +173,27 @@ func (r *renderFS) ReadFile(p string) ([]byte, error) {
 	if data, ok := r.standIns[cleanAbs(p)]; ok {
 		return append([]byte(nil), data...), nil
 	}
+	if r.pastDeadline() {
+		return nil, r.exceed(errPastDeadline)
+	}
+	data, err := r.repo.ReadFile(p)
+	r.note(opRead, p, digestBytes(data, err))
+	if err == nil {
+		if err := r.checkRead(p, data); err != nil {
+			return nil, err
+		}
+	}
+	return data, err
+}
+
+// peek reads a repository file for ebb's own look at it, noting it as ReadFile does but
+// counting it against no limit but the size of one file: kustomize's own read of it counts.
+func (r *renderFS) peek(p string) ([]byte, error) {
+	if r.snapshot != nil {
+		if size, ok := r.snapshot.oversized[cleanAbs(p)]; ok {
+			return nil, r.exceed(fileTooBig(repoPath(p), size, r.limits.MaxFileBytes))
+		}
+	}
 	data, err := r.repo.ReadFile(p)
 	r.note(opRead, p, digestBytes(data, err))
 	return data, err
@@ -144,6 +240,9 @@ func (r *renderFS) Exists(p string) bool {
 func (r *renderFS) ReadDir(p string) ([]string, error) {
 	if inScratch(p) {
 		return r.scratch.ReadDir(p)
+	}
+	if r.pastDeadline() {
+		return nil, r.exceed(errPastDeadline)
 	}
 	names, err := r.repo.ReadDir(p)
 	r.note(opList, p, digestList(names, err))

@@ -21,10 +21,14 @@ type Options struct {
 	// AllowRemoteBases lets kustomizations use remote bases (Git or HTTP URLs). Off by
 	// default: a release should depend on the repository alone.
 	AllowRemoteBases bool
+	// Limits bound what is read from the repository and how long a render may take; zero
+	// fields take DefaultLimits.
+	Limits Limits
 }
 
-// DefaultOptions returns Options that check no cluster names and refuse remote bases.
-func DefaultOptions() Options { return Options{} }
+// DefaultOptions returns Options that check no cluster names, refuse remote bases and keep
+// DefaultLimits.
+func DefaultOptions() Options { return Options{Limits: DefaultLimits()} }
 
 var (
 	pathComponentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)

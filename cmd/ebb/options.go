@@ -12,7 +12,7 @@ import (
 )
 
 // plannerOptions reads the daemon config, when one is given, into planner options: its cluster
-// names are the only ones stages may use, and it may allow remote bases.
+// names are the only ones stages may use, it may allow remote bases, and it may set limits.
 func plannerOptions(configFile string) (planner.Options, *config.Config, error) {
 	opts := planner.DefaultOptions()
 	if configFile == "" {
@@ -24,6 +24,7 @@ func plannerOptions(configFile string) (planner.Options, *config.Config, error) 
 	}
 	opts.Clusters = cfg.ClusterNames()
 	opts.AllowRemoteBases = cfg.AllowRemoteBases
+	opts.Limits = cfg.Limits.Planner()
 	return opts, cfg, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -15,6 +16,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"ebb.dev/ebb/internal/config"
+	"ebb.dev/ebb/planner"
 )
 
 // rendered is the output of `helm template`, by kind and then namespace/name.
@@ -120,6 +122,7 @@ func TestTemplate(t *testing.T) {
 				cfg := r.daemonConfig(t, "ebb-system/ebb")
 				require.Len(t, cfg.Clusters, 1)
 				assert.True(t, cfg.Clusters[0].InCluster)
+				assert.Equal(t, planner.DefaultLimits(), cfg.Limits.Planner(), "renderLimits: {} keeps the planner's defaults")
 
 				var d appsv1.Deployment
 				r.into(t, "Deployment", "ebb-system/ebb", &d)
@@ -146,6 +149,15 @@ func TestTemplate(t *testing.T) {
 					mounts[m.Name] = m.MountPath
 				}
 				assert.Equal(t, map[string]string{"config": "/etc/ebb/config", "cache": "/var/cache/ebb", "tmp": "/tmp"}, mounts)
+			},
+		},
+		{
+			name:   "render limits",
+			values: []string{"git.url=" + url, "renderLimits.maxFileBytes=2Mi", "renderLimits.maxRenderBytes=20000000", "renderLimits.maxYAMLDepth=50", "renderLimits.renderTimeout=30s"},
+			check: func(t *testing.T, r rendered) {
+				want := planner.DefaultLimits()
+				want.MaxFileBytes, want.MaxRenderBytes, want.MaxYAMLDepth, want.RenderTimeout = 2<<20, 20000000, 50, 30*time.Second
+				assert.Equal(t, want, r.daemonConfig(t, "ebb-system/ebb").Limits.Planner())
 			},
 		},
 		{
@@ -235,6 +247,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"namespaced RBAC without namespaces", []string{"git.url=x", "--set", "rbac.scope=namespaces"}, []string{"/rbac"}},
 		{"unknown RBAC scope", []string{"git.url=x", "--set", "rbac.scope=everything"}, []string{"/rbac/scope"}},
 		{"bad duration", []string{"git.url=x", "--set", "git.interval=often"}, []string{"/git/interval"}},
+		{"bad render limit", []string{"git.url=x", "--set", "renderLimits.maxFileBytes=lots"}, []string{"/renderLimits/maxFileBytes"}},
+		{"unknown render limit", []string{"git.url=x", "--set", "renderLimits.maxFiles=3"}, []string{"additional properties 'maxFiles' not allowed"}},
 		{"ingress without a webhook secret", []string{"git.url=x", "--set", "ingress.enabled=true", "--set", "ingress.host=ebb.example.com"}, []string{"needs webhook.existingSecret"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

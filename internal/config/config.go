@@ -32,6 +32,8 @@ type Config struct {
 	Clusters []Cluster `json:"clusters"`
 	// AllowRemoteBases lets kustomizations use remote bases. Default false.
 	AllowRemoteBases bool `json:"allowRemoteBases"`
+	// Limits bound what the planner reads from Git and how long a render may take.
+	Limits Limits `json:"limits"`
 }
 
 // Cluster is one endpoint. Exactly one of InCluster, Kubeconfig and KubeconfigSecret is set.
@@ -96,6 +98,7 @@ func (c *Config) validate(file string, fields *strictyaml.Fields) strictyaml.Err
 	if c.Kind != Kind && !fields.Failed("kind") {
 		errorf("kind", "kind must be %q, got %q", Kind, c.Kind)
 	}
+	c.Limits.validate(errorf, fields)
 	seen := map[string]bool{}
 	for i, cl := range c.Clusters {
 		at := fmt.Sprintf("clusters[%d]", i)

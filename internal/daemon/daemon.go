@@ -381,6 +381,7 @@ func plannerOptions(c *config.Config) planner.Options {
 	if c != nil {
 		opts.Clusters = c.ClusterNames()
 		opts.AllowRemoteBases = c.AllowRemoteBases
+		opts.Limits = c.Limits.Planner()
 	}
 	return opts
 }

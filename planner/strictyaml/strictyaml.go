@@ -131,25 +131,28 @@ type Defaulter interface {
 	SetDefaults()
 }
 
-// ParseDocuments parses data into its YAML documents. A syntax error is returned as an
-// ErrorList with the line the parser reports; the parser gives no column, so it is 1.
+// ParseDocuments parses data into its YAML documents, within DefaultLimits. A syntax error is
+// returned as an ErrorList with the line the parser reports; the parser gives no column, so it
+// is 1. A limit exceeded is returned located where it is.
 func ParseDocuments(file string, data []byte) ([]*yaml.Node, error) {
-	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	var docs []*yaml.Node
-	for {
-		var doc yaml.Node
-		err := dec.Decode(&doc)
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return docs, nil
-			}
-			return nil, ErrorList{syntaxError(file, data, err)}
-		}
-		if len(doc.Content) == 0 || isNull(doc.Content[0]) {
-			continue
-		}
-		docs = append(docs, &doc)
+	_, err := eachDocument(file, data, DefaultLimits(), func(doc *yaml.Node) error {
+		docs = append(docs, doc)
+		return nil
+	})
+	var (
+		syntax *syntaxErr
+		limit  *LimitError
+	)
+	switch {
+	case errors.As(err, &syntax):
+		return nil, ErrorList{syntaxError(file, data, syntax.err)}
+	case errors.As(err, &limit):
+		return nil, ErrorList{&limit.At}
+	case err != nil:
+		return nil, err
 	}
+	return docs, nil
 }
 
 var lineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
