@@ -373,7 +373,7 @@ func (d *Daemon) server() (*http.Server, net.Listener, error) {
 		return nil, nil, fmt.Errorf("listen on %s: %w", d.opts.Listen, err)
 	}
 	d.log.Info("serving metrics, health and webhook", "address", l.Addr().String())
-	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l, nil
+	return newHTTPServer(mux, defaultServerTimeouts), l, nil
 }
 
 func plannerOptions(c *config.Config) planner.Options {

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"ebb.dev/ebb/internal/redact"
 )
 
 // Options configure a Server.
@@ -195,29 +197,14 @@ func Git(dir string, args ...string) (string, error) {
 	if err != nil {
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
-			return "", fmt.Errorf("git %s: %w: %s", redactArgs(args), err, redact(strings.TrimSpace(stderr.String())))
+			return "", fmt.Errorf("git %s: %w: %s", redactArgs(args), err, redact.Text(strings.TrimSpace(stderr.String())))
 		}
 		return "", fmt.Errorf("git %s: %w", redactArgs(args), err)
 	}
 	return strings.TrimSpace(string(out)), nil
 }
 
-// redactArgs hides credentials in URLs among git's arguments.
+// redactArgs hides credentials in URLs among git's arguments, as ebb itself does.
 func redactArgs(args []string) string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		out[i] = redact(a)
-	}
-	return strings.Join(out, " ")
-}
-
-func redact(s string) string {
-	fields := strings.Fields(s)
-	for _, f := range fields {
-		f = strings.Trim(f, "'\".,:")
-		if u, err := url.Parse(f); err == nil && u.User != nil {
-			s = strings.ReplaceAll(s, f, u.Redacted())
-		}
-	}
-	return s
+	return redact.Text(strings.Join(args, " "))
 }
