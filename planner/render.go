@@ -229,14 +229,22 @@ func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, err
 }
 
 // locate places a stage's render error: at the manifest that exceeded a limit, or else at the
-// field that set the stage's manifests.
+// field that set the stage's manifests. The message is one line, as every located error is:
+// kustomize's may quote a manifest, newlines and all.
 func locate(p *Pipeline, stage int, err error) *strictyaml.Error {
 	var at *strictyaml.Error
 	if errors.As(err, &at) {
 		return &strictyaml.Error{File: at.File, Pos: at.Pos,
-			Msg: fmt.Sprintf("render stage %q of pipeline %q: %s", p.Spec.Stages[stage].Name, p.Metadata.Name, at.Msg)}
+			Msg: oneLine(fmt.Sprintf("render stage %q of pipeline %q: %s", p.Spec.Stages[stage].Name, p.Metadata.Name, at.Msg))}
 	}
-	return p.errorAt(p.manifestsField(stage), "%v", err)
+	return p.errorAt(p.manifestsField(stage), "%s", oneLine(err.Error()))
+}
+
+var lineBreakRE = regexp.MustCompile(`[ \t]*\r?\n[ \t]*`)
+
+// oneLine joins the lines of a message with spaces.
+func oneLine(msg string) string {
+	return strings.TrimSpace(lineBreakRE.ReplaceAllString(msg, " "))
 }
 
 // forEach calls fn(0) … fn(n-1) on up to workers goroutines and returns when all are done.
