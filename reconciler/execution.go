@@ -84,9 +84,27 @@ func (e *run) setPhase(ctx context.Context, phase Status, comment string) error 
 		e.x.Status.FinishedAt = &now
 		e.r.metrics.executions.WithLabelValues(e.x.Spec.Pipeline, string(phase)).Inc()
 	}
+	e.x.Status.recordChange(now)
 	e.log.Info("execution status", "status", phase, "comment", comment)
 	e.r.event(ctx, e.x, phase, comment)
 	return e.save(ctx)
+}
+
+// recordChange appends the status as it is now to History, unless it is the newest entry
+// already, and drops the oldest past historyLimit.
+func (s *ExecutionStatus) recordChange(at metav1.Time) {
+	seq := 1
+	if n := len(s.History); n > 0 {
+		last := s.History[n-1]
+		if last.Phase == s.Phase && last.Stage == s.Stage && last.Comment == s.Comment {
+			return
+		}
+		seq = last.Seq + 1
+	}
+	s.History = append(s.History, PhaseChange{Seq: seq, Phase: s.Phase, Stage: s.Stage, At: at, Comment: s.Comment})
+	if over := len(s.History) - historyLimit; over > 0 {
+		s.History = append([]PhaseChange(nil), s.History[over:]...)
+	}
 }
 
 // stage returns the record of stage name, adding it if missing.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 )
@@ -297,6 +298,7 @@ func (w *worker) queue(ctx context.Context, t *Target) {
 	x := &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
 	x.Status.Phase = Queued
 	x.Status.Comment = "waiting for the running execution to finish"
+	x.Status.recordChange(metav1.Now())
 	created, err := w.r.store.CreateExecution(ctx, x)
 	if err != nil {
 		w.log.Error("record queued execution", "err", err)

@@ -62,6 +62,7 @@ func (e *run) rollbackExecution(ctx context.Context, failed *Target, stage strin
 	rb.Status.Comment = fmt.Sprintf("rollback of %s: %s", e.x.Spec.DisplayName, e.x.Status.Comment)
 	now := metav1.Now()
 	rb.Status.StartedAt = &now
+	rb.Status.recordChange(now)
 	rb, err := e.r.store.CreateExecution(ctx, rb)
 	if err != nil {
 		return nil, err

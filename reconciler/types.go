@@ -133,12 +133,31 @@ type ExecutionStatus struct {
 	StartedAt  *metav1.Time  `json:"startedAt,omitempty"`
 	FinishedAt *metav1.Time  `json:"finishedAt,omitempty"`
 	Stages     []StageRecord `json:"stages,omitempty"`
+	// History lists the execution's status changes, oldest first, each with its sequence
+	// number (1, 2, ...), so a reader that remembers the last number it saw (the notifier, the
+	// dashboard) misses none, even when the execution moved on before it looked. It keeps the
+	// newest historyLimit entries.
+	History []PhaseChange `json:"history,omitempty"`
 	// ObservedGeneration and Conditions (Ready, Reconciling, Stalled) say the same as Phase,
 	// in the form kstatus, `kubectl wait` and Argo CD and Flux health checks read. The store
 	// sets them from Phase and Failure on every write (see executionConditions).
 	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
 	Conditions         []metav1.Condition `json:"conditions,omitempty"`
 }
+
+// PhaseChange is one change of an execution's status: the status it took, when, at which
+// stage, and the comment it had then.
+type PhaseChange struct {
+	Seq     int         `json:"seq"`
+	Phase   Status      `json:"phase"`
+	Stage   string      `json:"stage,omitempty"`
+	At      metav1.Time `json:"at"`
+	Comment string      `json:"comment,omitempty"`
+}
+
+// historyLimit bounds an execution's History: a stage that waits for its cluster for days
+// changes status twice per attempt.
+const historyLimit = 50
 
 // StageRecord is one stage of an execution.
 type StageRecord struct {
