@@ -74,7 +74,7 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		if target, err = e.r.target(d.Stage.Cluster); err != nil {
 			return &taskError{task: TaskCreateResources, err: err}
 		}
-		return e.runModel(ctx, target, t, d, rec)
+		return modelOf(d.Stage).deploy(ctx, e.newStageRun(t.Name(), target, d, rec))
 	})
 	if errors.Is(err, errParked) {
 		return err
@@ -272,17 +272,7 @@ func unwrapTask(err error) error {
 func (e *run) approvalExpired(ctx context.Context, cluster *Cluster, d *Desired, rec *StageRecord, cause error) error {
 	rec.Status, rec.Message = Canceled, unwrapTask(cause).Error()
 	if cluster != nil && changedCluster(rec) {
-		var err error
-		switch {
-		case d.Stage.Model == planner.ModelBlueGreen:
-			var c *colors
-			if c, err = colorsOf(d); err == nil {
-				err = cluster.deleteDeployment(ctx, d.Namespace, c.green.GetName())
-			}
-		case len(d.Stage.Phases) > 0:
-			err = cluster.deletePhase1(ctx, d.Namespace, d.Deployment)
-		}
-		if err != nil {
+		if err := modelOf(d.Stage).discard(ctx, e.newStageRun(e.x.Spec.Pipeline, cluster, d, rec)); err != nil {
 			e.log.Error("remove the unapproved release", "stage", d.Stage.Name, "err", err)
 		}
 	}
