@@ -169,7 +169,10 @@ func (blueGreen) restore(ctx context.Context, s *stageRun) error {
 	}
 	if err := s.task(ctx, s.rec, TaskSwitchTraffic, false, func(ctx context.Context) error {
 		// The shared objects too: the failed release may have changed a ConfigMap blue reads.
-		return s.apply(ctx, append(append([]*unstructured.Unstructured(nil), blue.shared...), blue.service, blue.preview))
+		if err := s.apply(ctx, append(append([]*unstructured.Unstructured(nil), blue.shared...), blue.service, blue.preview)); err != nil {
+			return err
+		}
+		return s.cluster.forceStatefulSetRollback(ctx, blue.shared, rolloutTimeout(s))
 	}); err != nil {
 		return err
 	}

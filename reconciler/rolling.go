@@ -36,7 +36,13 @@ func (rolling) discard(context.Context, *stageRun) error { return nil }
 func (s *stageRun) rollOut(ctx context.Context) error {
 	resources, deployments := split(s.d.Objects)
 	if err := s.task(ctx, s.rec, TaskCreateResources, false, func(ctx context.Context) error {
-		return s.createResources(ctx, resources)
+		if err := s.createResources(ctx, resources); err != nil {
+			return err
+		}
+		if s.rollback() {
+			return s.cluster.forceStatefulSetRollback(ctx, resources, rolloutTimeout(s))
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
