@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -98,6 +100,24 @@ func TestFailFast(t *testing.T) {
 			assert.True(t, hasEvent(t, f, "ReleaseFailed", "container web "+tc.reason), "no ReleaseFailed Event naming the reason")
 		})
 	}
+	// Every gate's duration is recorded, with how it ended.
+	recorded := map[string]bool{}
+	ch := make(chan prometheus.Metric, 100)
+	f.r.metrics.gateDuration.Collect(ch)
+	close(ch)
+	for m := range ch {
+		var pb dto.Metric
+		require.NoError(t, m.Write(&pb))
+		labels := map[string]string{}
+		for _, l := range pb.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if pb.Histogram.GetSampleCount() > 0 {
+			recorded[labels["gate"]+"="+labels["result"]] = true
+		}
+	}
+	assert.True(t, recorded["pods=failed"], "gate durations recorded: %v", recorded)
+	assert.True(t, recorded["rollout=passed"], "gate durations recorded: %v", recorded)
 }
 
 // TestFailFastUnschedulable: pods that no node can take fail the release once they waited

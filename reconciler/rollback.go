@@ -103,14 +103,9 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 		return err
 	}
 	rec.Status = Completed
-	if d.Hash != good.Hash {
-		rec.Message = fmt.Sprintf("commit %s now renders release %s, not %s: the daemon's configuration changed since", short(good.Commit), releaseID(d.Hash), releaseID(good.Hash))
-	}
-	restored := good
-	restored.RestoredBy = e.x.Spec.DisplayName
-	restored.At = &done
+	rec.Message = joinNonEmpty(rec.Message, restoredNote(good, d.Hash))
 	return e.r.updateLedger(ctx, pipeline, stageName, func(s *StageLedgerStatus) bool {
-		s.Current = &restored
+		s.recordRestored(good, e.x.Spec.DisplayName, &done)
 		return true
 	})
 }
