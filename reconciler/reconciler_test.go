@@ -45,6 +45,8 @@ type fixture struct {
 	targets map[string]*Target
 	stage   *planner.Stage
 	runCtx  context.Context
+	// stop shuts the reconciler down, as a daemon that stops.
+	stop func()
 	// badHash is the hash of the release a benchmark expects to fail.
 	badHash string
 	// deadline is the Deployment's progressDeadlineSeconds; default 2.
@@ -87,7 +89,8 @@ func newFixture(t testing.TB, rollback bool) *fixture {
 	})
 	runCtx, cancel := context.WithCancel(ctx)
 	require.NoError(t, f.r.Resume(runCtx))
-	t.Cleanup(func() { cancel(); f.r.Wait() })
+	f.stop = func() { cancel(); f.r.Wait() }
+	t.Cleanup(f.stop)
 	f.runCtx = runCtx
 	return f
 }
