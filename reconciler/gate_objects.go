@@ -14,7 +14,9 @@ import (
 // objectsGate verifies the release's other objects whose readiness means something (see
 // ssa.HasHealth: StatefulSets, DaemonSets, Jobs, claims, custom resources) the way kstatus
 // reads them: it waits until every one is Current, and fails the release when one is Failed,
-// or is still not Current when the rollout timeout passes, with kstatus' reason.
+// or is still not Current when the rollout timeout passes, with kstatus' reason. With
+// fail-fast on, a pod of a StatefulSet's new revision that cannot run (podFault) fails it at
+// once, as the pods gate does for Deployments.
 type objectsGate struct{}
 
 func (objectsGate) name() string { return "objects" }
@@ -47,6 +49,11 @@ func (objectsGate) check(ctx context.Context, s *stageRun, sub subject) error {
 		}
 		if len(pending) == 0 {
 			return nil
+		}
+		if s.stage().Verify.Pods.FailFast {
+			if err := s.cluster.statefulSetPodFault(ctx, objs, s.stage().Verify.Pods); err != nil {
+				return err
+			}
 		}
 		if time.Now().After(deadline) {
 			return verificationFailed("objects", "not ready within %s: %s", timeout, strings.Join(pending, "; "))

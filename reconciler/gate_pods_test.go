@@ -175,10 +175,18 @@ func TestStatefulSetNeverReady(t *testing.T) {
 	assert.Contains(t, x.Status.Stages[0].Tasks[2].Message, "objects ", "the verification lists the objects gate")
 
 	f.extra = statefulSet("registry.example/db:2-broken")
-	f.sync(f.commit("c2", "release 1.1 with a database that never starts", "1.1"))
+	f.sync(f.commit("c2", "release 1.1 with a database that crash-loops", "1.1"))
 	parent := f.waitFor("web#2", RollbackCompleted)
-	assert.Contains(t, parent.Status.Comment, "objects: not ready within 5s: StatefulSet "+f.ns+"/db: InProgress: Ready: 0/1")
+	assert.Contains(t, parent.Status.Comment, "pods: StatefulSet "+f.ns+"/db: pod db-0: container db CrashLoopBackOff", "fail-fast covers a StatefulSet's pods")
 	f.waitFor("web_dev_rollback#1", Completed)
+
+	// Without fail-fast, kstatus' reason fails it when the rollout timeout passes.
+	f.stage.Verify.Pods.FailFast = false
+	f.extra = statefulSet("registry.example/db:3-broken")
+	f.sync(f.commit("c3", "release 1.2 with a database that never gets Ready", "1.2"))
+	parent = f.waitFor("web#3", RollbackCompleted)
+	assert.Contains(t, parent.Status.Comment, "objects: not ready within 5s: StatefulSet "+f.ns+"/db: InProgress: Ready: 0/1")
+	f.waitFor("web_dev_rollback#2", Completed)
 	sts, err := f.cs.AppsV1().StatefulSets(f.ns).Get(context.Background(), "db", metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, "registry.example/db:1", sts.Spec.Template.Spec.Containers[0].Image, "the known-good StatefulSet is back")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"ebb.dev/ebb/planner"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -77,4 +78,40 @@ func podIsReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// statefulSetPodFault returns a *VerificationError when a pod of the update revision of one
+// of the StatefulSets among objs cannot run (see podFault).
+func (c *Cluster) statefulSetPodFault(ctx context.Context, objs []*unstructured.Unstructured, check planner.PodsCheck) error {
+	for _, o := range objs {
+		if o.GetKind() != "StatefulSet" || o.GroupVersionKind().Group != "apps" {
+			continue
+		}
+		ns, name := o.GetNamespace(), o.GetName()
+		sts, err := c.Typed.AppsV1().StatefulSets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return fmt.Errorf("get StatefulSet %s/%s in cluster %q: %w", ns, name, c.Name, err)
+		}
+		if sts.Status.ObservedGeneration < sts.Generation || sts.Status.UpdateRevision == "" {
+			continue // the controller has not seen this release's template yet
+		}
+		pods, err := c.Typed.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: metav1.FormatLabelSelector(sts.Spec.Selector)})
+		if err != nil {
+			return fmt.Errorf("list the pods of StatefulSet %s/%s in cluster %q: %w", ns, name, c.Name, err)
+		}
+		now := time.Now()
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.Labels[appsv1.ControllerRevisionHashLabelKey] != sts.Status.UpdateRevision {
+				continue
+			}
+			if why := podFault(p, check, now); why != "" {
+				return verificationFailed("pods", "StatefulSet %s/%s: %s", ns, name, why)
+			}
+		}
+	}
+	return nil
 }
