@@ -64,6 +64,9 @@ func (c *Cluster) replaceBrokenPods(ctx context.Context, ns, name string, timeou
 			continue
 		}
 		err := c.Typed.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{})
+		if apierrors.IsForbidden(err) {
+			return nil // without the right to, the rollout check reports the pod that stays
+		}
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete pod %s/%s of the failed revision of StatefulSet %s in cluster %q: %w", ns, p.Name, name, c.Name, err)
 		}
