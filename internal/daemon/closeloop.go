@@ -72,4 +72,3 @@ func (d *Daemon) pipelineAt(ctx context.Context, commit, name string) (*planner.
 	}
 	return nil, fmt.Errorf("commit %s has no pipeline %q", commit, name)
 }
-
