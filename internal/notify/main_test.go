@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -125,8 +127,33 @@ spec:
 	return sha
 }
 
+// daemon is one `ebb run` process, serving its metrics on port.
+type daemon struct {
+	*daemontest.Daemon
+	port int
+}
+
+// metric returns the value of one series of the daemon's metrics, such as
+// `ebb_notifications_total{receiver="team",result="delivered"}`; 0 when absent.
+func (d *daemon) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", d.port))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	return 0
+}
+
 // startDaemon runs `ebb run` with a config that holds notifications (YAML list items).
-func (e *env) startDaemon(notifications string) *daemontest.Daemon {
+func (e *env) startDaemon(notifications string) *daemon {
 	e.t.Helper()
 	config := filepath.Join(e.dir, "ebb-config.yaml")
 	require.NoError(e.t, os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
@@ -138,12 +165,12 @@ notifications:
 %s`, home.Kubeconfig, notifications)), 0o600))
 	port, err := proc.FreePort()
 	require.NoError(e.t, err)
-	return daemontest.Start(e.t, ebbBin, nil, "run",
+	return &daemon{port: port, Daemon: daemontest.Start(e.t, ebbBin, nil, "run",
 		"--repo", "file://"+e.repo.Dir, "--branch", "main", "--config", config,
 		"--kubeconfig", home.Kubeconfig, "--namespace", e.records,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--interval", "1s", "--resync", "2s", "--log-level", "debug",
-		"--cache-dir", filepath.Join(e.dir, "cache"))
+		"--cache-dir", filepath.Join(e.dir, "cache"))}
 }
 
 // delivery is one request a receiver got.
@@ -152,6 +179,10 @@ type delivery struct {
 	Body      []byte
 	Signature string
 	ID        string
+	// Slack is the body as a Slack message.
+	Slack struct {
+		Text string `json:"text"`
+	}
 }
 
 // receiver is a real HTTP server that records what it is sent; while down, it answers 503.
@@ -175,7 +206,7 @@ func newReceiver(t *testing.T) *receiver {
 			return
 		}
 		d := delivery{Body: body, Signature: req.Header.Get(notify.HeaderSignature), ID: req.Header.Get(notify.HeaderDelivery)}
-		if err := json.Unmarshal(body, &d.Payload); err != nil {
+		if err := json.Unmarshal(body, &d.Payload); err != nil || json.Unmarshal(body, &d.Slack) != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}

@@ -23,7 +23,7 @@ import (
 func TestRollbackNotified(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "web")
-	team, other := newReceiver(t), newReceiver(t)
+	team, other, chat := newReceiver(t), newReceiver(t), newReceiver(t)
 	const token, key = "s3cr3t-hook-token", "signing-key-1"
 	e.secret("hooks", map[string]string{"team": team.URL + "/hook/" + token + "?token=" + token, "signing": key})
 	d := e.startDaemon(fmt.Sprintf(`- name: team
@@ -35,7 +35,12 @@ func TestRollbackNotified(t *testing.T) {
   url: %[2]s/other
   events: [ROLLING_BACK, ROLLBACK_COMPLETED, COMPLETED, RUNNING]
   pipelines: [not-web]
-`, e.records, other.URL))
+- name: chat
+  url: %[3]s/services/T0/B0/chat-token
+  format: slack
+  events: [ROLLBACK_COMPLETED]
+  pipelines: [web]
+`, e.records, other.URL, chat.URL))
 
 	good := e.release("1.0")
 	daemontest.WaitExecution(t, e.store, "web", good, reconciler.Completed)
@@ -75,6 +80,18 @@ func TestRollbackNotified(t *testing.T) {
 		return err == nil && stored.Annotations[notify.AnnotationPrefix+"team"] == fmt.Sprint(got[1].Seq)
 	}, 10*time.Second, 20*time.Millisecond, "the execution records seq %d as delivered to team", got[1].Seq)
 	assert.Empty(t, other.deliveries(""), "the other receiver only wants pipeline not-web")
+	assert.Equal(t, 2.0, d.metric(t, `ebb_notifications_total{receiver="team",result="delivered"}`))
+	assert.Equal(t, 0.0, d.metric(t, `ebb_notifications_total{receiver="team",result="failed"}`))
+
+	// The Slack receiver gets the same as one text.
+	require.Eventually(t, func() bool { return len(chat.deliveries("")) == 1 }, 30*time.Second, 20*time.Millisecond)
+	text := chat.deliveries("")[0].Slack.Text
+	for _, want := range []string{"*web#2* ROLLBACK_COMPLETED (stage dev)", "commit " + bad[:7] + ": release 2.0-broken",
+		"image registry.example/web:2.0-broken", "restored commit " + good[:7] + " (image registry.example/web:1.0) by web_dev_rollback#1",
+		"rolling back to commit " + good[:7]} {
+		assert.Contains(t, text, want)
+	}
+	assert.Empty(t, d.Lines("chat-token"), "the Slack URL's token is in no log line")
 
 	assert.Empty(t, d.Lines(token), "the URL's token is in no log line")
 	assert.Empty(t, d.Lines(key), "the signing key is in no log line")
@@ -115,6 +132,7 @@ func TestReceiverDownAndKill9(t *testing.T) {
 
 	restarted := e.startDaemon(receivers)
 	restarted.WaitLog(30*time.Second, "msg", "notification not delivered; trying again")
+	assert.Positive(t, restarted.metric(t, `ebb_notifications_total{receiver="team",result="failed"}`))
 	hook.setDown(false)
 
 	// What every execution's history asks to be sent.

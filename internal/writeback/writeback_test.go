@@ -11,6 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 
 	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/gitserver"
@@ -70,6 +72,19 @@ func TestWriteBackCommit(t *testing.T) {
 
 	e.requireEvent(x, "WrittenBack", sha[:7])
 	assert.Empty(t, d.Lines(gitPassword), "the Git password is in no log line")
+
+	// A daemon killed after its push, before it recorded it, finds its commit again by the
+	// trailer: it never pushes twice.
+	d.Kill()
+	_, err = dynamic.NewForConfigOrDie(home.Config).Resource(reconciler.ExecutionResource).Namespace(e.records).Patch(context.Background(), x.Name,
+		types.MergePatchType, []byte(`{"metadata":{"annotations":{"writeback.ebb.dev/result":null,"writeback.ebb.dev/commit":null,"writeback.ebb.dev/branch":null}}}`),
+		metav1.PatchOptions{})
+	require.NoError(t, err)
+	e.startDaemon()
+	again := e.waitWrittenBack("web", bad)
+	assert.Equal(t, "written", again.Annotations[writeback.AnnotationResult], again.Status.Comment)
+	assert.Equal(t, sha, again.Annotations[writeback.AnnotationCommit])
+	assert.Equal(t, unrelated, e.git("rev-parse", "origin/main"), "no second write-back commit")
 }
 
 // TestWriteBackBranch: mode branch pushes ebb/rollback/web-2 with the change; the followed
