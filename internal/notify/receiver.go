@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -115,7 +116,7 @@ func (r *receiver) sync(ctx context.Context, name string) error {
 		r.forget(name)
 		return nil
 	}
-	if len(r.conf.Pipelines) > 0 && !contains(r.conf.Pipelines, x.Spec.Pipeline) {
+	if len(r.conf.Pipelines) > 0 && !slices.Contains(r.conf.Pipelines, x.Spec.Pipeline) {
 		return nil
 	}
 	recorded, _ := strconv.Atoi(x.Annotations[AnnotationPrefix+r.name])
@@ -259,12 +260,3 @@ func hideURL(err error, target string) string {
 
 // anyURL finds any other URL in an error, such as the target of a redirect.
 var anyURL = regexp.MustCompile("[a-zA-Z][a-zA-Z0-9+.-]*://[^\\s\"'`<>]+")
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
