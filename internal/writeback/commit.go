@@ -20,6 +20,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 
+	"ebb.dev/ebb/gitsource"
 	"ebb.dev/ebb/planner"
 	"ebb.dev/ebb/reconciler"
 )
@@ -71,8 +72,24 @@ func rollbackBranch(x *reconciler.Execution) string {
 	return "ebb/rollback/" + x.Spec.Pipeline + "-" + strconv.Itoa(x.Spec.Number)
 }
 
+// checkRemote refuses a local work tree: pushing to the branch checked out there would leave
+// its files behind its branch. A bare repository, or any remote, is fine.
+func checkRemote(rawURL string) error {
+	dir, local := gitsource.LocalPath(rawURL)
+	if !local {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git")); err == nil {
+		return &permanentError{fmt.Errorf("the repository %s is a work tree: write-back pushes to a bare repository or a remote", dir)}
+	}
+	return nil
+}
+
 // write makes the write-back commit in a scratch clone and pushes it.
 func (w *Writer) write(ctx context.Context, req request) (*result, error) {
+	if err := checkRemote(w.opts.Remote.URL); err != nil {
+		return nil, err
+	}
 	dir, err := os.MkdirTemp("", "ebb-writeback-")
 	if err != nil {
 		return nil, err
