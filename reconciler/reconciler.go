@@ -384,6 +384,9 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			return err
 		}
 		d = decide(t, ledgers)
+		if err := r.recordWriteBack(ctx, t, d); err != nil { // decide.go
+			return err
+		}
 		if !d.deploy {
 			log.Debug("nothing to run", "reason", d.reason)
 			if x != nil {

@@ -172,6 +172,8 @@ func (d *Daemon) lead(ctx context.Context) error {
 		d.log.Warn("read records for the pipeline status; trying again later", "err", err)
 	}
 	go d.status.run(ctx)
+	// Notifications and write-back follow the execution records (closeloop.go).
+	go d.closeLoop(ctx)
 	if err := d.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}
