@@ -18,6 +18,7 @@ import (
 	"ebb.dev/ebb/internal/config"
 	"ebb.dev/ebb/internal/daemon"
 	"ebb.dev/ebb/internal/redact"
+	"ebb.dev/ebb/reconciler"
 )
 
 // runFlags are the flags of `ebb run`.
@@ -27,6 +28,7 @@ type runFlags struct {
 	retryBackoff            time.Duration
 	kubeQPS                 float32
 	kubeBurst               int
+	maxConcurrent           int
 	configFile, listen      string
 	kubeconfig, namespace   string
 	cacheDir, credsDir      string
@@ -62,6 +64,7 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.DurationVar(&f.resync, "resync", time.Minute, "time between drift checks of every pipeline")
 	fl.Float32Var(&f.kubeQPS, "kube-qps", daemon.DefaultKubeQPS, "requests a second each Kubernetes client may send (one per cluster, and one for the records), sustained")
 	fl.IntVar(&f.kubeBurst, "kube-burst", daemon.DefaultKubeBurst, "requests each Kubernetes client may send in a burst above --kube-qps")
+	fl.IntVar(&f.maxConcurrent, "max-concurrent-executions", reconciler.DefaultMaxConcurrent, "executions that may run at once; others wait for a free slot (executions waiting for an approval or a cluster take none)")
 	fl.DurationVar(&f.retryBackoff, "retry-backoff", 30*time.Second, "first wait before trying again after a cluster could not answer (unreachable, overloaded, forbidden); it doubles with each attempt, up to 1h")
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters stages deploy to")
 	fl.StringVar(&f.listen, "listen", ":8080", "address serving /metrics, /healthz, /readyz and /webhook; empty to serve nothing")
@@ -124,7 +127,7 @@ func runDaemon(ctx context.Context, f runFlags) error {
 	err = daemon.Run(ctx, daemon.Options{
 		Source: src, Config: cfg, Home: home, Namespace: ns, Listen: f.listen,
 		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,
-		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst,
+		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst, MaxConcurrent: f.maxConcurrent,
 		LeaderElection: f.leaderElect, Identity: f.identity,
 		Logger: logger,
 	})

@@ -54,6 +54,9 @@ type Options struct {
 	// 200 (client-go's own default of 5 cannot record hundreds of executions).
 	KubeQPS   float32
 	KubeBurst int
+	// MaxConcurrent bounds the executions that run at once; default
+	// reconciler.DefaultMaxConcurrent.
+	MaxConcurrent int
 	// RetryBackoff is the first wait before work that failed because a cluster could not
 	// answer is tried again; it grows up to an hour. Default (zero) is the reconciler's, 30s.
 	RetryBackoff time.Duration
@@ -172,7 +175,8 @@ func newDaemon(opts Options) (*Daemon, error) {
 	d.rec = reconciler.New(reconciler.Options{
 		Namespace: opts.Namespace, Records: records, Events: events, Clusters: clusters.get,
 		Render: d.renderAt, Logger: log, Metrics: reconciler.NewMetrics(reg), RetryBackoff: opts.RetryBackoff,
-		Observer: d.status,
+		MaxConcurrent: opts.MaxConcurrent,
+		Observer:      d.status,
 	})
 	return d, nil
 }
