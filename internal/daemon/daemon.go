@@ -68,6 +68,7 @@ type Daemon struct {
 	source   *gitsource.Source
 	renderer *planner.Renderer
 	rec      *reconciler.Reconciler
+	clusters *clusters
 	status   *statusWriter
 	reg      *prometheus.Registry
 	kube     *kubeRequests
@@ -146,9 +147,9 @@ func newDaemon(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	clusters := newClusters(opts.Config, opts.Home, events, kube)
+	clusters := newClusters(opts.Config, opts.Home, events, kube, log)
 	d := &Daemon{
-		opts: opts, log: log, source: source, reg: reg, kube: kube,
+		opts: opts, log: log, source: source, reg: reg, kube: kube, clusters: clusters,
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
 		status:   newStatusWriter(reconciler.NewStore(records, opts.Namespace), events, log),
 	}
@@ -172,6 +173,7 @@ func (d *Daemon) lead(ctx context.Context) error {
 		d.log.Warn("read records for the pipeline status; trying again later", "err", err)
 	}
 	go d.status.run(ctx)
+	go d.clusters.watch(ctx) // rotated kubeconfig Secrets
 	if err := d.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}

@@ -1,0 +1,124 @@
+package realapps
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"ebb.dev/ebb/internal/testcluster"
+	"ebb.dev/ebb/reconciler"
+)
+
+// TestRotatedKubeconfigSecret reaches the prod stage's cluster through a kubeconfig Secret, as
+// a Helm install does. The Secret is replaced by one with a new client certificate (another
+// user), and the old user loses every right on prod. The running daemon, not restarted, says
+// it saw the rotation (a log line and an Event on the Secret, neither holding the secret), and
+// the next release reaches prod with the new certificate.
+func TestRotatedKubeconfigSecret(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const oldUser, newUser, secretName = "realapps-rotation-old", "realapps-rotation-new", "prod-kubeconfig"
+	prodAdmin := kubernetes.NewForConfigOrDie(prod.Config)
+	everything := rbacv1.PolicyRule{APIGroups: []string{"*"}, Resources: []string{"*"}, Verbs: []string{"*"}}
+	oldBinding := grant(t, prodAdmin, oldUser, "rotation-old", everything)
+	oldKubeconfig, oldKey := userKubeconfig(t, prod, oldUser)
+
+	e := newEnv(t, "rotation", guestbook, envOptions{})
+	home := kubernetes.NewForConfigOrDie(dev.Config)
+	_, err := home.CoreV1().Secrets(e.records).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: secretName},
+		Data:       map[string][]byte{"kubeconfig": oldKubeconfig},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(e.config, []byte(fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
+kind: Config
+clusters:
+- name: dev
+  kubeconfig: %s
+- name: prod
+  kubeconfigSecret: {namespace: %s, name: %s, key: kubeconfig}
+`, dev.Kubeconfig, e.records, secretName)), 0o600))
+	d := e.startDaemon("--retry-backoff", "1s")
+	e.requireCompleted(e.release(guestbook.tag, "release v5 as written"))
+	require.Equal(t, e.imageOf(guestbook.tag), image(t, e.prodCS, e.prodNS(), guestbook.service))
+
+	// Rotate: a new certificate for a new user in the Secret, then the old user loses its rights.
+	grant(t, prodAdmin, newUser, "rotation-new", everything)
+	newKubeconfig, newKey := userKubeconfig(t, prod, newUser)
+	secret, err := home.CoreV1().Secrets(e.records).Get(ctx, secretName, metav1.GetOptions{})
+	require.NoError(t, err)
+	secret.Data["kubeconfig"] = newKubeconfig
+	_, err = home.CoreV1().Secrets(e.records).Update(ctx, secret, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	d.WaitLog(time.Minute, "msg", "kubeconfig Secret changed; the next request to the cluster uses it", "cluster", "prod")
+	var rotated []corev1.Event
+	require.Eventually(t, func() bool {
+		list, err := home.CoreV1().Events(e.records).List(ctx, metav1.ListOptions{FieldSelector: "reason=KubeconfigRotated"})
+		require.NoError(t, err)
+		rotated = list.Items
+		return len(rotated) > 0
+	}, 30*time.Second, 50*time.Millisecond, "no KubeconfigRotated Event on the Secret")
+	assert.Equal(t, "Secret", rotated[0].InvolvedObject.Kind)
+	assert.Equal(t, secretName, rotated[0].InvolvedObject.Name)
+	assert.Contains(t, rotated[0].Message, "prod")
+
+	require.NoError(t, prodAdmin.RbacV1().ClusterRoleBindings().Delete(ctx, oldBinding, metav1.DeleteOptions{}))
+	oldCfg, err := prod.UserConfig(oldUser)
+	require.NoError(t, err)
+	asOld := kubernetes.NewForConfigOrDie(oldCfg)
+	require.Eventually(t, func() bool {
+		_, err := asOld.AppsV1().Deployments(e.prodNS()).List(ctx, metav1.ListOptions{})
+		return apierrors.IsForbidden(err)
+	}, 30*time.Second, 50*time.Millisecond, "the old user may still list Deployments on prod")
+
+	sha := e.release("v6", "release v6 after the rotation")
+	x := e.requireCompleted(sha)
+	assert.Equal(t, e.imageOf("v6"), image(t, e.prodCS, e.prodNS(), guestbook.service), "prod was not reached with the new certificate")
+	assert.Equal(t, 1, len(e.deploys(sha)), "executions of the release: %s", e.describeAll())
+	assert.Empty(t, e.rollbacks())
+	assert.Equal(t, reconciler.Completed, x.Status.Phase)
+	assert.Equal(t, 1, d.CountLogs("msg", "starting"), "the daemon restarted")
+
+	// Neither private key, nor either kubeconfig, is in a log line, an Event or a record.
+	var printed []string
+	printed = append(printed, d.Lines("")...)
+	events, err := home.CoreV1().Events(e.records).List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	for _, ev := range events.Items {
+		printed = append(printed, ev.Message)
+	}
+	for _, x := range e.executions() {
+		printed = append(printed, x.Status.Comment)
+	}
+	all := strings.Join(printed, "\n")
+	for _, secret := range [][]byte{oldKey, newKey, oldKubeconfig, newKubeconfig} {
+		assert.NotContains(t, all, string(secret))
+		assert.NotContains(t, all, base64.StdEncoding.EncodeToString(secret))
+	}
+}
+
+// userKubeconfig returns a kubeconfig of cluster c for user (a new client certificate each
+// call), and the certificate's private key.
+func userKubeconfig(t *testing.T, c *testcluster.Cluster, user string) (kubeconfig, key []byte) {
+	t.Helper()
+	cfg, err := c.UserConfig(user)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), user+".kubeconfig")
+	require.NoError(t, testcluster.WriteKubeconfig(path, c.Name, cfg))
+	kubeconfig, err = os.ReadFile(path)
+	require.NoError(t, err)
+	return kubeconfig, cfg.KeyData
+}
