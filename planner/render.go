@@ -224,40 +224,20 @@ func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, err
 // RenderEach renders every stage of every pipeline as RenderAll does, and calls done with
 // each pipeline as soon as all its stages have rendered or failed: its releases that
 // rendered, in stage order, and its failed stages as RenderErrors (nil when none failed). A
-// pipeline that renders fast is thus handed on while a slow one still renders. done runs on
-// the rendering goroutines, several at once; RenderEach returns once every call returned.
+// pipeline that renders fast is thus handed on while a slow one still renders.
+//
+// A pipeline's stages render one after the other, and pipelines side by side, as many at once
+// as there are CPUs: a pipeline whose every stage runs into the deadline holds one slot, not
+// all of them, whatever its number of stages and wherever it sorts. done runs on the
+// rendering goroutines, several at once; RenderEach returns once every call returned.
 func (r *Renderer) RenderEach(repo *Repo, pipelines []*Pipeline, done func(p *Pipeline, releases []*Release, err error)) {
-	type job struct {
-		p     int
-		stage int
-	}
-	var jobs []job
-	releases := make([][]*Release, len(pipelines))
-	failures := make([][]error, len(pipelines))
-	left := make([]atomic.Int64, len(pipelines))
-	for i, p := range pipelines {
-		n := len(p.Spec.Stages)
-		releases[i], failures[i] = make([]*Release, n), make([]error, n)
-		left[i].Store(int64(n))
-		if n == 0 {
-			done(p, nil, nil)
-		}
-		for s := range n {
-			jobs = append(jobs, job{i, s})
-		}
-	}
-	forEach(len(jobs), runtime.GOMAXPROCS(0), func(k int) {
-		j := jobs[k]
-		p := pipelines[j.p]
-		// Each job writes its own element; the last of a pipeline's jobs reads them all.
-		releases[j.p][j.stage], failures[j.p][j.stage] = r.Render(repo, p, p.Spec.Stages[j.stage].Name)
-		if left[j.p].Add(-1) > 0 {
-			return
-		}
+	forEach(len(pipelines), runtime.GOMAXPROCS(0), func(i int) {
+		p := pipelines[i]
 		var rendered []*Release
 		var errs RenderErrors
-		for s, rel := range releases[j.p] {
-			if err := failures[j.p][s]; err != nil {
+		for s := range p.Spec.Stages {
+			rel, err := r.Render(repo, p, p.Spec.Stages[s].Name)
+			if err != nil {
 				errs = append(errs, &StageError{Pipeline: p.Metadata.Name, Stage: p.Spec.Stages[s].Name, Err: locate(p, s, err)})
 				continue
 			}

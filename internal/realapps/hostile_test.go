@@ -214,7 +214,11 @@ func TestHostileManifestsBesideGood(t *testing.T) {
 	e.requireCompleted(sha)
 	assert.Equal(t, e.imageOf(guestbook.tag), image(t, e.prodCS, e.prodNS(), guestbook.service))
 
-	want := map[string]string{"hostile-bomb": "limits.maxYAMLAliases", "hostile-huge": "limits.maxFileBytes"}
+	// Each error names its limit, at the manifest past it.
+	want := map[string][2]string{
+		"hostile-bomb": {"limits.maxYAMLAliases", "apps/hostile-bomb/bomb.yaml:"},
+		"hostile-huge": {"limits.maxFileBytes", "apps/hostile-huge/huge.yaml:"},
+	}
 	got := map[string]string{}
 	require.Eventually(t, func() bool {
 		list, err := e.store.ListPipelines(ctx)
@@ -228,9 +232,9 @@ func TestHostileManifestsBesideGood(t *testing.T) {
 		}
 		return len(got) == len(want)
 	}, time.Minute, 100*time.Millisecond, "the hostile pipelines' errors: %v", got)
-	for name, limit := range want {
-		assert.Contains(t, got[name], limit, "pipeline %s", name)
-		assert.Contains(t, got[name], "apps/"+name+"/", "pipeline %s: the error names the manifest", name)
+	for name, w := range want {
+		assert.Contains(t, got[name], w[0], "pipeline %s", name)
+		assert.Contains(t, got[name], w[1], "pipeline %s: the error's location", name)
 		list, err := e.store.ListExecutions(ctx, name)
 		require.NoError(t, err)
 		assert.Empty(t, list, "pipeline %s ran", name)
@@ -243,6 +247,50 @@ func TestHostileManifestsBesideGood(t *testing.T) {
 	peak := peakRSS(t, d.Pid())
 	t.Logf("daemon peak RSS (VmHWM): %.0f MiB", float64(peak)/(1<<20))
 	assert.Less(t, peak, int64(chartMemoryLimit), "the daemon's peak memory passed the chart's limit")
+}
+
+// TestSlowRenderBesideGood commits a good pipeline's release with a pipeline that sorts
+// first and whose two stages each render past the deadline (a manifest within every limit
+// that kustomize reads for longer). The good pipeline deploys through dev and prod; the slow
+// one fails at the deadline, located at its manifests field, and nothing of it is applied.
+//
+// It once kept the good pipeline from ever starting: its two stages took both render slots
+// (the machine has two CPUs), and the good pipeline's renders, queued behind them, got no slot
+// before their own deadline. Now a pipeline's stages render one after the other.
+func TestSlowRenderBesideGood(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, "beside-slow", guestbook, envOptions{})
+	const slow = "a-slow"
+	require.NoError(t, e.repo.WriteFiles(hostileFiles(t, slow, map[string]string{"slow.yaml": slowManifest(50, 10000, "1")})))
+	t.Cleanup(func() {
+		deleteNamespace(t, e.devCS, slow+"-dev")
+		deleteNamespace(t, e.prodCS, slow)
+	})
+	d := e.startDaemon()
+	sha := e.release(guestbook.tag, "a good release beside a slow one")
+	e.requireCompleted(sha)
+	assert.Equal(t, e.imageOf(guestbook.tag), image(t, e.prodCS, e.prodNS(), guestbook.service))
+
+	var lastError *reconciler.PipelineError
+	require.Eventually(t, func() bool {
+		list, err := e.store.ListPipelines(ctx)
+		if err != nil {
+			return false
+		}
+		for _, p := range list {
+			if p.Spec.Pipeline == slow && p.Status.LastError != nil && p.Status.LastError.Commit == sha {
+				lastError = p.Status.LastError
+			}
+		}
+		return lastError != nil
+	}, time.Minute, 100*time.Millisecond, "the slow pipeline shows no error")
+	assert.Contains(t, lastError.Message, "pipelines/"+slow+".yaml:")
+	assert.Contains(t, lastError.Message, "limits.renderTimeout")
+	list, err := e.store.ListExecutions(ctx, slow)
+	require.NoError(t, err)
+	assert.Empty(t, list, "the slow pipeline ran")
+	t.Logf("daemon peak RSS (VmHWM): %.0f MiB", float64(peakRSS(t, d.Pid()))/(1<<20))
 }
 
 // BenchmarkGoodReleaseBesideHostile measures, through the real daemon, how long after a commit
@@ -272,7 +320,8 @@ func BenchmarkGoodReleaseBesideHostile(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			e := newEnv(b, "bench-"+strings.ToLower(tc.name), guestbook, envOptions{})
-			hostile := "hostile-" + strings.ToLower(tc.name)
+			// The hostile pipeline sorts first: its stages are first in line to render.
+			hostile := "a-hostile-" + strings.ToLower(tc.name)
 			if tc.hostile != nil {
 				require.NoError(b, e.repo.WriteFiles(hostileFiles(b, hostile, map[string]string{"hostile.yaml": tc.hostile(0)})))
 			}
