@@ -53,7 +53,7 @@ func TestDuplicatePipelineNames(t *testing.T) {
 
 	// The newcomer: same name, another image, other namespaces, a path that sorts first.
 	hijack := strings.NewReplacer(e.devNS(), "hijack-dev", "namespace: "+e.prodNS()+"\n", "namespace: hijack\n").
-		Replace(pipelineFile(e.name, "apps/"+e.name, guestbook, "hijacked", "rolling", ""))
+		Replace(pipelineFile(e.name, "apps/"+e.name, guestbook, "hijacked", "rolling", "", ""))
 	require.NotEqual(t, e.pipeline(guestbook.tag), hijack)
 	require.NoError(t, e.repo.WriteFiles(map[string]string{"pipelines/a-hijack.yaml": hijack}))
 	dup, err := e.repo.Commit("a second file declares the pipeline's name")
@@ -124,7 +124,7 @@ func hostileFiles(t testing.TB, name string, manifests map[string]string) map[st
 	deployment, err := os.ReadFile(filepath.Join(testdata, guestbook.dir, "guestbook-ui-deployment.yaml"))
 	require.NoError(t, err)
 	files := map[string]string{
-		"pipelines/" + name + ".yaml":                    pipelineFile(name, "apps/"+name, guestbook, guestbook.tag, "rolling", ""),
+		"pipelines/" + name + ".yaml":                    pipelineFile(name, "apps/"+name, guestbook, guestbook.tag, "rolling", "", ""),
 		"apps/" + name + "/guestbook-ui-deployment.yaml": string(deployment),
 	}
 	for file, content := range manifests {
