@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,7 +30,8 @@ import (
 // a Helm install does. The Secret is replaced by one with a new client certificate (another
 // user), and the old user loses every right on prod. The running daemon, not restarted, says
 // it saw the rotation (a log line and an Event on the Secret, neither holding the secret), and
-// the next release reaches prod with the new certificate.
+// the next release reaches prod with the new certificate. Then the same again while a release
+// verifies in prod: that execution completes.
 func TestRotatedKubeconfigSecret(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -36,7 +41,21 @@ func TestRotatedKubeconfigSecret(t *testing.T) {
 	oldBinding := grant(t, prodAdmin, oldUser, "rotation-old", everything)
 	oldKubeconfig, oldKey := userKubeconfig(t, prod, oldUser)
 
+	// The prod stage's health check; from release v7 on, its first probe says the stage verifies.
+	var armed atomic.Bool
+	verifying := make(chan struct{})
+	var once sync.Once
+	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if armed.Load() {
+			once.Do(func() { close(verifying) })
+		}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	t.Cleanup(health.Close)
+
 	e := newEnv(t, "rotation", guestbook, envOptions{})
+	// 50 probes 200ms apart: 10s of verification, in which the test rotates the kubeconfig.
+	e.prodHealth = fmt.Sprintf("{url: %q, interval: 200ms, successes: 50, failures: 3, timeout: 2m}", health.URL)
 	home := kubernetes.NewForConfigOrDie(dev.Config)
 	_, err := home.CoreV1().Secrets(e.records).Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: secretName},
@@ -56,7 +75,7 @@ clusters:
 	require.Equal(t, e.imageOf(guestbook.tag), image(t, e.prodCS, e.prodNS(), guestbook.service))
 
 	// Rotate: a new certificate for a new user in the Secret, then the old user loses its rights.
-	grant(t, prodAdmin, newUser, "rotation-new", everything)
+	newBinding := grant(t, prodAdmin, newUser, "rotation-new", everything)
 	newKubeconfig, newKey := userKubeconfig(t, prod, newUser)
 	secret, err := home.CoreV1().Secrets(e.records).Get(ctx, secretName, metav1.GetOptions{})
 	require.NoError(t, err)
@@ -86,11 +105,49 @@ clusters:
 
 	sha := e.release("v6", "release v6 after the rotation")
 	x := e.requireCompleted(sha)
+	armed.Store(true)
 	assert.Equal(t, e.imageOf("v6"), image(t, e.prodCS, e.prodNS(), guestbook.service), "prod was not reached with the new certificate")
 	assert.Equal(t, 1, len(e.deploys(sha)), "executions of the release: %s", e.describeAll())
 	assert.Empty(t, e.rollbacks())
 	assert.Equal(t, reconciler.Completed, x.Status.Phase)
 	assert.Equal(t, 1, d.CountLogs("msg", "starting"), "the daemon restarted")
+
+	// A rotation while the prod stage verifies: a third user's certificate replaces the
+	// second's, which then loses its rights, all during the health check. The execution, which
+	// holds clients built from the second, completes: what it still needs of prod it gets, or
+	// it waits and retries with the new clients.
+	const thirdUser = "realapps-rotation-third"
+	grant(t, prodAdmin, thirdUser, "rotation-third", everything)
+	thirdKubeconfig, thirdKey := userKubeconfig(t, prod, thirdUser)
+	sha = e.release("v7", "release v7, verified while the kubeconfig rotates")
+	select {
+	case <-verifying:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the prod stage's health check never started: %s", e.describeAll())
+	}
+	secret, err = home.CoreV1().Secrets(e.records).Get(ctx, secretName, metav1.GetOptions{})
+	require.NoError(t, err)
+	secret.Data["kubeconfig"] = thirdKubeconfig
+	_, err = home.CoreV1().Secrets(e.records).Update(ctx, secret, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		return d.CountLogs("msg", "kubeconfig Secret changed; the next request to the cluster uses it", "cluster", "prod") == 2
+	}, time.Minute, 20*time.Millisecond, "the second rotation was not seen")
+	require.NoError(t, prodAdmin.RbacV1().ClusterRoleBindings().Delete(ctx, newBinding, metav1.DeleteOptions{}))
+	newCfg, err := prod.UserConfig(newUser)
+	require.NoError(t, err)
+	asNew := kubernetes.NewForConfigOrDie(newCfg)
+	require.Eventually(t, func() bool {
+		_, err := asNew.AppsV1().Deployments(e.prodNS()).List(ctx, metav1.ListOptions{})
+		return apierrors.IsForbidden(err)
+	}, 30*time.Second, 50*time.Millisecond, "the second user may still list Deployments on prod")
+	require.False(t, e.deploys(sha)[0].Status.Phase.Terminal(), "the release was verified before the rotation ended: %s", e.describeAll())
+	x = e.waitDone(sha, 3*time.Minute)
+	t.Logf("the release verified across the rotation: %s; daemon log lines saying forbidden: %d", describe(x), len(d.Lines("forbidden")))
+	assert.Equal(t, reconciler.Completed, x.Status.Phase, "%s; all: %s", describe(x), e.describeAll())
+	assert.Equal(t, 1, len(e.deploys(sha)), "executions of the release: %s", e.describeAll())
+	assert.Empty(t, e.rollbacks())
+	assert.Equal(t, e.imageOf("v7"), image(t, e.prodCS, e.prodNS(), guestbook.service))
 
 	// Neither private key, nor either kubeconfig, is in a log line, an Event or a record.
 	var printed []string
@@ -104,7 +161,7 @@ clusters:
 		printed = append(printed, x.Status.Comment)
 	}
 	all := strings.Join(printed, "\n")
-	for _, secret := range [][]byte{oldKey, newKey, oldKubeconfig, newKubeconfig} {
+	for _, secret := range [][]byte{oldKey, newKey, thirdKey, oldKubeconfig, newKubeconfig, thirdKubeconfig} {
 		assert.NotContains(t, all, string(secret))
 		assert.NotContains(t, all, base64.StdEncoding.EncodeToString(secret))
 	}
