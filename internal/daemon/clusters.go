@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -172,8 +173,13 @@ func (c *clusters) watch(ctx context.Context) {
 				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", ref.name).String()
 			}))
 		inf := factory.Core().V1().Secrets()
+		var warned atomic.Bool // the watch retries with a back-off: warn once, then at debug
 		_ = inf.Informer().SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
-			c.log.Warn("cannot watch kubeconfig Secret; a rotation of it is not seen until it can (ebb needs get, list and watch on it)",
+			level := slog.LevelDebug
+			if !warned.Swap(true) {
+				level = slog.LevelWarn
+			}
+			c.log.Log(ctx, level, "cannot watch kubeconfig Secret; a rotation of it is not seen until it can (ebb needs get, list and watch on it)",
 				"secret", ref.String(), "err", err)
 		})
 		_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
