@@ -179,3 +179,59 @@ func userKubeconfig(t *testing.T, c *testcluster.Cluster, user string) (kubeconf
 	require.NoError(t, err)
 	return kubeconfig, cfg.KeyData
 }
+
+// mountSecret lays out dir as the kubelet mounts a Secret: each key a symlink through
+// "..data" to a timestamped directory. Each call is one update of the Secret: a new
+// directory, "..data" swapped to it in one rename, the old directory removed.
+func mountSecret(t *testing.T, dir string, data map[string]string) {
+	t.Helper()
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	gen := fmt.Sprintf("..%d", time.Now().UnixNano())
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, gen), 0o700))
+	for key, value := range data {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, gen, key), []byte(value), 0o600))
+		if _, err := os.Lstat(filepath.Join(dir, key)); os.IsNotExist(err) {
+			require.NoError(t, os.Symlink(filepath.Join("..data", key), filepath.Join(dir, key)))
+		}
+	}
+	require.NoError(t, os.Symlink(gen, filepath.Join(dir, "..data_tmp")))
+	require.NoError(t, os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
+	if old != "" {
+		require.NoError(t, os.RemoveAll(filepath.Join(dir, old)))
+	}
+}
+
+// TestRotatedGitCredentials follows a repository served over HTTP with basic auth, with the
+// credentials in a mounted Secret (--git-credentials-dir), as the chart runs ebb. The Git
+// server's password changes, and the next push is not seen: the poll is refused. Then the
+// mounted Secret changes, and the running daemon, not restarted, fetches with the new
+// password and releases the commit. Neither password is in its log.
+func TestRotatedGitCredentials(t *testing.T) {
+	t.Parallel()
+	const user, password, rotated = "ebb", "realapps-pa55word", "n3w-g1t-s3cret-after-rotation"
+	e := newEnv(t, "gitrotation", guestbook, envOptions{server: true})
+	e.daemonEnv = nil
+	creds := filepath.Join(e.dir, "git-credentials")
+	mountSecret(t, creds, map[string]string{"username": user, "password": password})
+	d := e.startDaemon("--git-credentials-dir", creds)
+	e.requireCompleted(e.release(guestbook.tag, "release v5 as written"))
+
+	e.gitServer.SetCredentials(user, rotated)
+	_, err := e.repo.Git("remote", "set-url", "origin", e.gitServer.AuthURL(e.name, user, rotated))
+	require.NoError(t, err)
+	sha := e.release("v6", "release v6, pushed after the password changed")
+	require.Eventually(t, func() bool {
+		return len(d.Lines("authentication required")) > 0
+	}, time.Minute, 20*time.Millisecond, "the old password was not refused")
+	assert.Empty(t, e.deploys(sha), "the commit was seen with the old password")
+
+	mountSecret(t, creds, map[string]string{"username": user, "password": rotated})
+	d.WaitLog(time.Minute, "msg", "git credentials changed; the next request uses them")
+	x := e.requireCompleted(sha)
+	assert.Equal(t, 1, len(e.deploys(sha)), "executions of the release: %s", describe(x))
+	assert.Equal(t, e.imageOf("v6"), image(t, e.prodCS, e.prodNS(), guestbook.service))
+	assert.Equal(t, 1, d.CountLogs("msg", "starting"), "the daemon restarted")
+	all := strings.Join(d.Lines(""), "\n")
+	assert.NotContains(t, all, password)
+	assert.NotContains(t, all, rotated)
+}
