@@ -102,11 +102,9 @@ func runDaemon(ctx context.Context, f runFlags) error {
 		src.Branch = ""
 	}
 	if f.credsDir != "" {
-		src.Credentials, err = gitsource.CredentialsFromDir(f.credsDir)
-	} else {
-		src.Credentials, err = gitsource.CredentialsFromEnv(os.Getenv)
-	}
-	if err != nil {
+		// Read by the source, and again whenever the mounted Secret changes.
+		src.CredentialsDir = f.credsDir
+	} else if src.Credentials, err = gitsource.CredentialsFromEnv(os.Getenv); err != nil {
 		return err
 	}
 	secret, err := webhookSecret(f.webhookSecretFile)

@@ -200,7 +200,7 @@ func TestTemplate(t *testing.T) {
 				r.into(t, "Role", "ebb-system/ebb", &role)
 				last := role.Rules[len(role.Rules)-1]
 				assert.Equal(t, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"},
-					ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get"}}, last)
+					ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get", "list", "watch"}}, last)
 
 				a := args(t, r)
 				assert.Contains(t, a, "--tag=v1")

@@ -82,6 +82,7 @@ type Daemon struct {
 	source   *gitsource.Source
 	renderer *planner.Renderer
 	rec      *reconciler.Reconciler
+	clusters *clusters
 	status   *statusWriter
 	reg      *prometheus.Registry
 	kube     *kubeRequests
@@ -165,10 +166,10 @@ func newDaemon(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	clusters := newClusters(opts.Config, opts.Home, events, kube)
+	clusters := newClusters(opts.Config, opts.Home, events, kube, log)
 	clusters.qps, clusters.burst = opts.KubeQPS, opts.KubeBurst
 	d := &Daemon{
-		opts: opts, log: log, source: source, reg: reg, kube: kube,
+		opts: opts, log: log, source: source, reg: reg, kube: kube, clusters: clusters,
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
 		status:   newStatusWriter(reconciler.NewStore(records, opts.Namespace), events, log),
 	}
@@ -195,6 +196,7 @@ func (d *Daemon) lead(ctx context.Context) error {
 	go d.status.run(ctx)
 	// Notifications and write-back follow the execution records (closeloop.go).
 	go d.closeLoop(ctx)
+	go d.clusters.watch(ctx) // rotated kubeconfig Secrets
 	if err := d.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}
@@ -256,17 +258,28 @@ func (d *Daemon) elect(ctx context.Context) error {
 	return leadErr
 }
 
-// onSnapshot plans every pipeline of a new commit and hands the targets to the reconciler.
+// onSnapshot plans every pipeline of a new commit and hands each pipeline's target to the
+// reconciler as soon as it renders: a pipeline slow to render delays no other's release.
 func (d *Daemon) onSnapshot(ctx context.Context, snap *gitsource.Snapshot) {
 	d.polled.Store(true)
-	targets, view := d.plan(snap)
+	ready := make(chan *reconciler.Target)
+	var (
+		targets []*reconciler.Target
+		view    *gitView
+	)
+	go func() {
+		defer close(ready)
+		targets, view = d.plan(snap, func(t *reconciler.Target) { ready <- t })
+	}()
+	for t := range ready {
+		d.rec.Sync(ctx, []*reconciler.Target{t})
+	}
 	d.mu.Lock()
 	d.targets = targets
 	d.mu.Unlock()
 	if view != nil {
 		d.status.setView(view)
 	}
-	d.rec.Sync(ctx, targets)
 }
 
 // resync hands the last targets to the reconciler again every Resync, to restore drift.
@@ -287,11 +300,13 @@ func (d *Daemon) resync(ctx context.Context) {
 	}
 }
 
-// plan loads and renders the enabled pipelines of snap, using both cores. A pipeline with an
-// error is logged with its location and skipped; the others go on. The view says what snap
-// holds of every pipeline, errors included, for the Pipeline objects; nil when the repository
-// could not be read.
-func (d *Daemon) plan(snap *gitsource.Snapshot) ([]*reconciler.Target, *gitView) {
+// plan loads and renders the enabled pipelines of snap, using both cores, and calls ready
+// with each pipeline's target as soon as all its stages rendered (from several goroutines,
+// one call at a time). A pipeline with an error is logged with its location and skipped; the
+// others go on. plan returns every target, in file order, and the view of what snap holds of
+// every pipeline, errors included, for the Pipeline objects; nil when the repository could
+// not be read.
+func (d *Daemon) plan(snap *gitsource.Snapshot, ready func(*reconciler.Target)) ([]*reconciler.Target, *gitView) {
 	log := d.log.With("commit", snap.ShortCommit())
 	repo := planner.NewRepo(snap.FS)
 	pipelines, loadErr := planner.Load(repo, plannerOptions(d.opts.Config))
@@ -306,21 +321,38 @@ func (d *Daemon) plan(snap *gitsource.Snapshot) ([]*reconciler.Target, *gitView)
 			log.Debug("pipeline is not enabled; planned only", "pipeline", p.Metadata.Name)
 		}
 	}
-	releases, renderErr := d.renderer.RenderAll(repo, enabled)
-	if renderErr != nil {
-		log.Error("pipelines whose stages do not render are skipped", "err", renderErr)
-	}
-	byStage := map[string]*planner.Release{}
-	for _, rel := range releases {
-		byStage[rel.Pipeline+"/"+rel.Stage] = rel
-	}
+	var (
+		mu       sync.Mutex
+		byName   = map[string]*reconciler.Target{}
+		releases []*planner.Release
+		failed   planner.RenderErrors
+	)
+	d.renderer.RenderEach(repo, enabled, func(p *planner.Pipeline, rels []*planner.Release, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		releases = append(releases, rels...)
+		var stages planner.RenderErrors
+		if errors.As(err, &stages) {
+			log.Error("pipeline whose stages do not render is skipped", "pipeline", p.Metadata.Name, "err", err)
+			failed = append(failed, stages...)
+			return
+		}
+		byStage := map[string]*planner.Release{}
+		for _, rel := range rels {
+			byStage[rel.Pipeline+"/"+rel.Stage] = rel
+		}
+		if t := target(p, snap, byStage); t != nil {
+			byName[p.Metadata.Name] = t
+			ready(t)
+		}
+	})
 	var targets []*reconciler.Target
 	for _, p := range enabled {
-		if t := target(p, snap, byStage); t != nil {
+		if t := byName[p.Metadata.Name]; t != nil {
 			targets = append(targets, t)
 		}
 	}
-	return targets, newGitView(snap, pipelines, loadErr, releases, renderErr)
+	return targets, newGitView(snap, pipelines, loadErr, releases, failed.Err())
 }
 
 // target assembles p's target from its stages' releases, or returns nil when a stage did not
