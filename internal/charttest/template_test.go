@@ -130,6 +130,7 @@ func TestTemplate(t *testing.T) {
 				pod := d.Spec.Template.Spec
 				c := pod.Containers[0]
 				assert.Equal(t, []string{"run", "--repo=" + url, "--branch=main", "--interval=30s", "--resync=1m", "--retry-backoff=30s",
+					"--max-concurrent-executions=32", "--kube-qps=100", "--kube-burst=200",
 					"--config=/etc/ebb/config/config.yaml", "--listen=:8080", "--cache-dir=/var/cache/ebb",
 					"--leader-elect=true", "--identity=$(POD_NAME)", "--log-level=info"}, c.Args)
 				assert.Equal(t, "ghcr.io/ebb-dev/ebb:0.1.0", c.Image)
