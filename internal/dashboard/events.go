@@ -23,6 +23,8 @@ type rowEvent struct {
 	Seq    int               `json:"seq,omitempty"`
 	HTML   string            `json:"html,omitempty"`
 	Remove bool              `json:"remove,omitempty"`
+	// Created is true for an execution the stream had not told of before.
+	Created bool `json:"created,omitempty"`
 }
 
 // refreshEvent is the data of a "refresh" event: the page should fetch itself again.
@@ -71,6 +73,8 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case <-r.Context().Done():
+			return
+		case <-s.stopped:
 			return
 		case <-tick.C:
 			fmt.Fprint(w, ": heartbeat\n\n")
@@ -121,7 +125,7 @@ func (s *Server) writeChange(w http.ResponseWriter, view, name string, f filter,
 	switch view {
 	case "list":
 		if !ok || !f.matches(x) {
-			writeEvent(w, "row", rowEvent{ID: "x-" + c.name, Remove: true})
+			writeEvent(w, "row", rowEvent{ID: "x-" + c.name, Remove: true, Created: c.added && ok})
 			return
 		}
 		var b bytes.Buffer
@@ -129,7 +133,7 @@ func (s *Server) writeChange(w http.ResponseWriter, view, name string, f filter,
 			s.opts.Logger.Error("render row", "execution", c.name, "err", err)
 			return
 		}
-		writeEvent(w, "row", rowEvent{ID: "x-" + c.name, Phase: phase, Seq: seq, HTML: b.String()})
+		writeEvent(w, "row", rowEvent{ID: "x-" + c.name, Phase: phase, Seq: seq, HTML: b.String(), Created: c.added})
 	case "execution":
 		// The page shows the execution, and its parent's or rollback's name and status.
 		if c.name == name || (ok && (x.Spec.Parent == name || x.Status.Rollback == name)) {

@@ -30,8 +30,9 @@ type feed struct {
 
 // change is one execution that was added, changed or deleted.
 type change struct {
-	name    string
-	deleted bool
+	name string
+	// added is true when the feed did not hold the execution before.
+	added bool
 }
 
 // subscription receives the changes of the feed. When it cannot keep up its channel fills,
@@ -92,10 +93,11 @@ func (f *feed) put(obj any) {
 		return // not an execution ebb wrote; the page cannot show it
 	}
 	f.mu.Lock()
+	_, had := f.byName[x.Name]
 	f.byName[x.Name] = x
 	f.newest = nil
 	f.mu.Unlock()
-	f.publish(change{name: x.Name})
+	f.publish(change{name: x.Name, added: !had})
 }
 
 func (f *feed) remove(obj any) {
@@ -110,7 +112,7 @@ func (f *feed) remove(obj any) {
 	delete(f.byName, u.GetName())
 	f.newest = nil
 	f.mu.Unlock()
-	f.publish(change{name: u.GetName(), deleted: true})
+	f.publish(change{name: u.GetName()})
 }
 
 func (f *feed) publish(c change) {

@@ -59,7 +59,7 @@ func itoa(n int) string {
 var statusIcons = map[reconciler.Status]string{
 	reconciler.Queued:            "○",
 	reconciler.Running:           "▶",
-	reconciler.Waiting:           "⏸",
+	reconciler.Waiting:           "‖",
 	reconciler.Completed:         "✔",
 	reconciler.Failed:            "✘",
 	reconciler.Canceled:          "⊘",

@@ -109,7 +109,7 @@ func TestExecutionPage(t *testing.T) {
 	assert.Contains(t, page, `<strong>Restored:</strong> commit <code title="`+goodCommit+`">1111111</code>, image <code>registry.example/web:1.0</code>`)
 	assert.Contains(t, page, `Rolled back by</dt><dd><a href="/executions/web-dev-rollback-1">web_dev_rollback#1</a>`)
 	// Three tasks over 10s: the failed one starts at 20% and takes 80%.
-	assert.Contains(t, page, `<span class="tl-bar s-failed" style="margin-left:20.00%;width:80.00%"`)
+	assert.Contains(t, page, `<svg class="tl-track s-failed" viewBox="0 0 100 10" preserveAspectRatio="none" role="img" aria-label="dev · Verify deployment: FAILED, 8s"><rect x="20.00" width="80.00" height="10" rx="1"/></svg>`)
 	assert.Regexp(t, `(?s)<tr><td>1</td><td><span class="status s-running">.*<tr><td>2</td><td><span class="status s-rolling-back">.*<tr><td>3</td><td><span class="status s-rollback-completed">`, page)
 	assert.NotContains(t, page, "hunter2")
 

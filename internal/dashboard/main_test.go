@@ -83,10 +83,12 @@ func serve(t testing.TB, cfg *rest.Config, ns string, readOnly bool) string {
 	s, err := New(Options{Client: dynamic.NewForConfigOrDie(cfg), Kube: kubernetes.NewForConfigOrDie(cfg), Namespace: ns, ReadOnly: readOnly})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	require.NoError(t, s.Start(ctx))
 	srv := httptest.NewServer(s)
-	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		cancel() // ends the event streams
+		srv.Close()
+	})
 	return srv.URL
 }
 

@@ -65,6 +65,8 @@ type Server struct {
 	mux   *http.ServeMux
 	// csrfKey signs the CSRF tokens of this server's forms.
 	csrfKey []byte
+	// stopped is closed when the context given to Start ends; it ends the event streams.
+	stopped <-chan struct{}
 }
 
 // New returns a Server for opts; call Start to begin watching.
@@ -103,6 +105,7 @@ func New(opts Options) (*Server, error) {
 // Start watches the namespace's executions until ctx ends. It returns once the first list
 // arrived, or with the error that prevents it (say, the user may not list executions).
 func (s *Server) Start(ctx context.Context) error {
+	s.stopped = ctx.Done()
 	return s.feed.run(ctx, s.opts.Client, s.opts.Namespace, 0)
 }
 

@@ -33,8 +33,12 @@
     var rows = document.getElementById("rows");
     if (!rows) return;
     var old = document.getElementById(d.id);
+    if (d.created) count("total", 1);
     if (d.remove) {
-      if (old) old.parentNode.removeChild(old);
+      if (old) {
+        old.parentNode.removeChild(old);
+        count("matching", -1);
+      }
       return;
     }
     var tmp = document.createElement("tbody");
@@ -48,7 +52,13 @@
       var empty = rows.querySelector("tr.empty");
       if (empty) rows.removeChild(empty);
       rows.insertBefore(tr, rows.firstChild);
+      count("matching", 1);
     }
+  }
+
+  function count(id, by) {
+    var el = document.getElementById(id);
+    if (el) el.textContent = String(Math.max(0, parseInt(el.textContent, 10) + by));
   }
 
   var pending = false, again = false;
