@@ -129,7 +129,7 @@ func (a *app) release(name, tag string, approvers ...string) string {
 
 // browser starts a headless Chromium for one test. Without Chromium the test fails, saying
 // how to install it.
-func browser(t *testing.T) context.Context {
+func browser(t testing.TB) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
@@ -159,7 +159,7 @@ func browser(t *testing.T) context.Context {
 }
 
 // do runs browser steps with a deadline.
-func do(t *testing.T, ctx context.Context, timeout time.Duration, steps ...chromedp.Action[chromedp.Void]) {
+func do(t testing.TB, ctx context.Context, timeout time.Duration, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -167,7 +167,7 @@ func do(t *testing.T, ctx context.Context, timeout time.Duration, steps ...chrom
 }
 
 // value runs one browser action and returns its value.
-func value[T any](t *testing.T, ctx context.Context, a chromedp.Action[T]) T {
+func value[T any](t testing.TB, ctx context.Context, a chromedp.Action[T]) T {
 	t.Helper()
 	tctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()

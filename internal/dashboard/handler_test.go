@@ -191,7 +191,7 @@ type sseEvent struct {
 }
 
 // events reads the stream at u into a channel until the test ends.
-func events(t *testing.T, u string) <-chan sseEvent {
+func events(t testing.TB, u string) <-chan sseEvent {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -223,7 +223,7 @@ func events(t *testing.T, u string) <-chan sseEvent {
 	return ch
 }
 
-func next(t *testing.T, ch <-chan sseEvent) sseEvent {
+func next(t testing.TB, ch <-chan sseEvent) sseEvent {
 	t.Helper()
 	select {
 	case ev := <-ch:
