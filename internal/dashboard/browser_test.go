@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -325,4 +326,45 @@ func index(list []string, s string) int {
 		}
 	}
 	return -1
+}
+
+// TestBrowserPhoneAndNoScript reads the pages at a phone's width, where they must not scroll
+// sideways, and with JavaScript off, where the list, its filter form and the execution page
+// work all the same.
+func TestBrowserPhoneAndNoScript(t *testing.T) {
+	ns := namespace(t)
+	r := seed(t, ns)
+	base := serve(t, cluster.Config, ns, false)
+	ctx := browser(t)
+
+	do(t, ctx, 30*time.Second, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
+	for _, page := range []string{"/", "/executions/" + r.bad.Name, "/pipelines/web"} {
+		do(t, ctx, 30*time.Second, chromedp.Navigate(base+page), chromedp.WaitVisible(chromedp.CSS("main h1")))
+		wide := value(t, ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`))
+		assert.False(t, wide, "%s scrolls sideways on a phone", page)
+	}
+	screenshot(t, ctx, "pipeline-phone")
+	do(t, ctx, 30*time.Second, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("main h1")))
+	screenshot(t, ctx, "executions-phone")
+
+	// JavaScript off: a fresh tab, scripts disabled before the page loads.
+	noJS, cancel := chromedp.NewContext(ctx)
+	defer cancel()
+	_, err := chromedp.Call(noJS, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true})
+	require.NoError(t, err)
+	do(t, noJS, 30*time.Second,
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#rows")),
+		chromedp.SetValue(chromedp.CSS(`select[name="status"]`), "ROLLBACK_COMPLETED"),
+		chromedp.Click(chromedp.CSS(`form.filters button[type="submit"]`)),
+		chromedp.WaitNotPresent(chromedp.CSS(`#x-`+r.waiting.Name)),
+		chromedp.WaitVisible(chromedp.CSS(`#x-`+r.bad.Name)),
+	)
+	location := value(t, noJS, chromedp.Location())
+	assert.Contains(t, location, "status=ROLLBACK_COMPLETED")
+	rows := value(t, noJS, chromedp.Nodes(chromedp.CSS("#rows tr[id]")))
+	assert.Len(t, rows, 1, "the filter applied on the server")
+	assert.Contains(t, value(t, noJS, chromedp.Text(chromedp.CSS("#live"))), "updates when you reload", "no script ran")
+	do(t, noJS, 30*time.Second, chromedp.Click(chromedp.CSS(`#x-`+r.bad.Name+` td.name a`)), chromedp.WaitVisible(chromedp.CSS(".trigger-text")))
+	assert.Contains(t, value(t, noJS, chromedp.Text(chromedp.CSS(".trigger-text"))), `task "Verify deployment" failed`)
 }

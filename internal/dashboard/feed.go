@@ -49,7 +49,13 @@ func newFeed() *feed {
 
 // run watches the executions of namespace until ctx ends; it returns once the first list is
 // in, or with the error that keeps it from listing (forbidden, unreachable).
-func (f *feed) run(ctx context.Context, client dynamic.Interface, namespace string, resync time.Duration) error {
+func (f *feed) run(ctx context.Context, client dynamic.Interface, namespace string, resync time.Duration) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			cancel() // stop the informer, which would try again forever
+		}
+	}()
 	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(client, resync, namespace, nil)
 	inf := factory.ForResource(reconciler.ExecutionResource).Informer()
 	listErr := make(chan error, 1)

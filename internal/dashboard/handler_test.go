@@ -37,7 +37,7 @@ func get(t *testing.T, client *http.Client, u string) (int, string) {
 // rowOrder returns the execution display names in the order the list shows them.
 func rowOrder(page string) []string {
 	var out []string
-	for _, m := range regexp.MustCompile(`<td class="name"><a href="/executions/[^"]+">([^<]+)</a>`).FindAllStringSubmatch(page, -1) {
+	for _, m := range regexp.MustCompile(`<td class="name" data-label="Execution"><a href="/executions/[^"]+">([^<]+)</a>`).FindAllStringSubmatch(page, -1) {
 		out = append(out, m[1])
 	}
 	return out
@@ -61,7 +61,7 @@ func TestExecutionsList(t *testing.T) {
 	assert.Contains(t, page, `rolls back <a href="/executions/web-2">web#2</a>`)
 	assert.Contains(t, page, "token=***", "a URL's query value is redacted")
 	assert.NotContains(t, page, "hunter2")
-	assert.Contains(t, page, "4 of 4 executions")
+	assert.Contains(t, page, `<span id="matching">4</span> of <span id="total">4</span> executions`)
 
 	tests := []struct {
 		query string
