@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -342,4 +343,33 @@ func TestDecisions(t *testing.T) {
 	_, page = get(t, c, alice+location)
 	assert.Contains(t, page, `<p class="flash ok">Stage prod was approved by alice.</p>`)
 	assert.Contains(t, page, `✔ Approved by <strong>alice</strong>`)
+}
+
+// TestEventsOutliveServerTimeouts streams through a server with the short read and write
+// timeouts the daemon's server has for its small requests: the stream still delivers a
+// change made after both passed.
+func TestEventsOutliveServerTimeouts(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	r := seed(t, ns)
+	s, err := New(Options{Client: dynamicFor(cluster.Config), Namespace: ns, ReadOnly: true})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	require.NoError(t, s.Start(ctx))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := &http.Server{Handler: s, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond}
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Close()
+
+	stream := events(t, "http://"+l.Addr().String()+"/events?view=execution&name="+r.good.Name)
+	time.Sleep(1500 * time.Millisecond) // past both timeouts
+	g, err := r.store.GetExecution(context.Background(), r.good.Name)
+	require.NoError(t, err)
+	g.Status.Comment = "still streaming"
+	require.NoError(t, r.store.UpdateExecution(context.Background(), g))
+	ev := next(t, stream)
+	assert.Equal(t, "refresh", ev.name)
+	assert.Equal(t, r.good.Name, ev.data["name"])
 }
