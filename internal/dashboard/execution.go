@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -181,22 +182,11 @@ func (s *Server) addApprovals(r *http.Request, x *reconciler.Execution, v *execu
 		return
 	}
 	for _, a := range list {
-		av := approvalView{Name: a.Name, Stage: a.Spec.Stage, Approvers: joinComma(a.Spec.Approvers),
+		av := approvalView{Name: a.Name, Stage: a.Spec.Stage, Approvers: strings.Join(a.Spec.Approvers, ", "),
 			ExpiresAt: a.Spec.ExpiresAt.UTC().Format(time.RFC3339), Expired: a.Expired(now), Decision: a.Spec.Decision}
 		av.Open = a.Spec.Decision == nil && !av.Expired && !s.opts.ReadOnly && waiting
 		v.Approvals = append(v.Approvals, av)
 	}
-}
-
-func joinComma(list []string) string {
-	out := ""
-	for i, s := range list {
-		if i > 0 {
-			out += ", "
-		}
-		out += s
-	}
-	return out
 }
 
 // apiMessage is the API server's message for err, or err itself.

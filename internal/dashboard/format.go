@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"html/template"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,18 +41,7 @@ func humanDuration(d time.Duration) string {
 	}
 	days := int(d / (24 * time.Hour))
 	hours := int((d % (24 * time.Hour)) / time.Hour)
-	return itoa(days) + "d" + itoa(hours) + "h"
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-	return string(b)
+	return strconv.Itoa(days) + "d" + strconv.Itoa(hours) + "h"
 }
 
 // statusIcons pairs each status with a symbol, so the page never tells a status by colour

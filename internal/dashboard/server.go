@@ -150,7 +150,7 @@ func (s *Server) render(w http.ResponseWriter, status int, page string, data any
 	}
 }
 
-// notFound renders the error page with status 404.
+// errorPage renders msg on the error page with status.
 func (s *Server) errorPage(w http.ResponseWriter, status int, title, msg string) {
 	s.render(w, status, "error", &errorView{page: page{Title: title}, Message: msg})
 }
