@@ -237,6 +237,9 @@ func (v *validator) phases(i int, s *Stage) {
 
 func (v *validator) verify(i int, s *Stage) {
 	at := fmt.Sprintf("spec.stages[%d].verify", i)
+	if s.Verify.Pods.Restarts < 0 {
+		v.errorf(at+".pods.restarts", "restarts must be 0 or more, got %d", s.Verify.Pods.Restarts)
+	}
 	if h := s.Verify.HealthCheck; h != nil {
 		if h.URL == "" {
 			v.errorf(at+".healthCheck", "missing required field \"url\" in %s.healthCheck", at)

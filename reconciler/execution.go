@@ -17,6 +17,10 @@ type run struct {
 	r   *Reconciler
 	x   *Execution
 	log *slog.Logger
+	// resumed is set for an execution a restarted daemon continues: the tasks it completed
+	// that write to the cluster run again (applying is idempotent), so what it verifies is
+	// what the cluster runs now, not what it ran before the restart.
+	resumed bool
 }
 
 // errParked means the daemon is shutting down: the execution stays as recorded and a
@@ -119,11 +123,13 @@ func (e *run) stage(name string) *StageRecord {
 }
 
 // task runs fn as task name of stage, recording it RUNNING, then COMPLETED or FAILED with the
-// error's message. A task already COMPLETED in the record (a resumed execution) is skipped,
-// unless it verifies: verification is never trusted across a restart.
+// error's message. A task already COMPLETED in the record is skipped, unless it verifies
+// (verification is never trusted across a restart) or the execution was resumed after a
+// restart and the task writes to the cluster (the cluster may have changed meanwhile: the
+// release is applied again before it is verified). A given approval is never asked again.
 func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifies bool, fn func(context.Context) error) error {
 	t := taskRecord(stage, name)
-	if t.Status == Completed && !verifies {
+	if t.Status == Completed && !verifies && (!e.resumed || name == TaskApproval) {
 		return nil
 	}
 	now := metav1.Now()

@@ -414,7 +414,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 		x.Status.Comment = comment
 	}
-	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName)}
+	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName), resumed: resuming}
 	if err := rr.deploy(ctx, t, d); err != nil {
 		return err
 	}

@@ -52,6 +52,14 @@ Deployments by label; Events are recorded on Deployments and restored objects.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
+# Fail-fast watches the pods of a release's new ReplicaSet; a StatefulSet's rollback deletes
+# its pods of the failed revision that never got Ready.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
