@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -81,7 +83,7 @@ func serveDashboard(cmd *cobra.Command, f dashboardFlags) error {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "ebb dashboard: http://%s/ (namespace %s, as %s); Ctrl-C stops it\n", l.Addr(), f.namespace, who)
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := &http.Server{Handler: loopbackHosts(l.Addr(), srv), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(l) }()
 	select {
@@ -97,6 +99,28 @@ func serveDashboard(cmd *cobra.Command, f dashboardFlags) error {
 	}
 	_ = hs.Close()
 	return nil
+}
+
+// loopbackHosts refuses, on a loopback address, requests that name another host: a page on
+// another site that rebinds its name to 127.0.0.1 (DNS rebinding) would otherwise read the
+// dashboard, and act, with the user's Kubernetes credentials.
+func loopbackHosts(addr net.Addr, h http.Handler) http.Handler {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsLoopback() {
+		return h
+	}
+	port := strconv.Itoa(tcp.Port)
+	allowed := map[string]bool{}
+	for _, host := range []string{"127.0.0.1", "localhost", "[::1]", tcp.IP.String()} {
+		allowed[host+":"+port] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !allowed[strings.ToLower(r.Host)] {
+			http.Error(w, fmt.Sprintf("ebb dashboard serves http://127.0.0.1:%s/ only, not host %q", port, r.Host), http.StatusMisdirectedRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // contextConfig loads a kubeconfig file, or $KUBECONFIG and ~/.kube/config, with context

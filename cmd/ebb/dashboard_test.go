@@ -185,6 +185,16 @@ func TestDashboardCommand(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, string(body), `<a href="/executions/web-1">web#1</a>`)
+	// Another name for the loopback address (DNS rebinding) is refused.
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(t, err)
+	req.Host = "attacker.example:8090"
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusMisdirectedRequest, resp.StatusCode)
+	assert.Contains(t, string(body), `not host "attacker.example:8090"`)
 	cancel()
 	assert.Equal(t, exitOK, wait(), errOut.String())
 
