@@ -235,6 +235,7 @@ func TestBrowserRollback(t *testing.T) {
 	assert.Contains(t, seen, "x-web-dev-rollback-1 COMPLETED", "the rollback's own row appears too")
 	assert.Equal(t, "3", value(t, ctx, chromedp.Text(chromedp.CSS("#matching"))), "the count follows the rows")
 	x := daemontest.WaitExecution(t, a.store, "web", bad, reconciler.RollbackCompleted)
+	time.Sleep(1500 * time.Millisecond) // let the changed rows' highlight fade, for the picture
 	screenshot(t, ctx, "executions")
 
 	do(t, ctx, 30*time.Second, chromedp.Navigate(base+"/executions/"+x.Name))

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"io"
@@ -38,7 +39,7 @@ func get(t *testing.T, client *http.Client, u string) (int, string) {
 // rowOrder returns the execution display names in the order the list shows them.
 func rowOrder(page string) []string {
 	var out []string
-	for _, m := range regexp.MustCompile(`<td class="name" data-label="Execution"><a href="/executions/[^"]+">([^<]+)</a>`).FindAllStringSubmatch(page, -1) {
+	for _, m := range regexp.MustCompile(`<td class="name"><a href="/executions/[^"]+">([^<]+)</a>`).FindAllStringSubmatch(page, -1) {
 		out = append(out, m[1])
 	}
 	return out
@@ -372,4 +373,50 @@ func TestEventsOutliveServerTimeouts(t *testing.T) {
 	ev := next(t, stream)
 	assert.Equal(t, "refresh", ev.name)
 	assert.Equal(t, r.good.Name, ev.data["name"])
+}
+
+// TestCompressionAndPolicy: pages and assets are gzipped for a browser that accepts it, the
+// event stream never is; every page carries the Content-Security-Policy, and no template
+// holds what that policy blocks (an inline style or script, an event handler attribute).
+func TestCompressionAndPolicy(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	r := seed(t, ns)
+	base := serve(t, cluster.Config, ns, false)
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	for _, path := range []string{"/", "/executions/" + r.bad.Name, "/pipelines/web", "/static/style.css", "/static/app.js"} {
+		req, err := http.NewRequest(http.MethodGet, base+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, path)
+		assert.Equal(t, "gzip", resp.Header.Get("Content-Encoding"), path)
+		assert.Contains(t, resp.Header.Get("Content-Security-Policy"), "script-src 'self'", path)
+		gz, err := gzip.NewReader(resp.Body)
+		require.NoError(t, err, path)
+		body, err := io.ReadAll(gz)
+		require.NoError(t, err, path)
+		resp.Body.Close()
+		assert.NotEmpty(t, body, path)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events?view=list", nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	assert.Empty(t, resp.Header.Get("Content-Encoding"), "the event stream is not compressed")
+
+	blocked := regexp.MustCompile(`(?i)\sstyle=|\son[a-z]+=|<script>|<style`)
+	entries, err := templateFS.ReadDir("templates")
+	require.NoError(t, err)
+	for _, e := range entries {
+		b, err := templateFS.ReadFile("templates/" + e.Name())
+		require.NoError(t, err)
+		assert.Empty(t, blocked.FindAllString(string(b), -1), "%s holds markup the Content-Security-Policy blocks", e.Name())
+	}
 }

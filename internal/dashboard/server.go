@@ -63,6 +63,8 @@ type Server struct {
 	store *reconciler.Store
 	pages map[string]*template.Template
 	mux   *http.ServeMux
+	// handler is mux behind compression.
+	handler http.Handler
 	// csrfKey signs the CSRF tokens of this server's forms.
 	csrfKey []byte
 	// stopped is closed when the context given to Start ends; it ends the event streams.
@@ -118,6 +120,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /executions/{name}/decision", s.handleDecision)
 	s.mux.HandleFunc("GET /pipelines/{name}", s.handlePipeline)
 	s.mux.HandleFunc("GET /events", s.handleEvents)
+	s.handler = gzipped(s.mux)
 }
 
 // ServeHTTP serves the dashboard.
@@ -126,7 +129,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "same-origin")
-	s.mux.ServeHTTP(w, r)
+	s.handler.ServeHTTP(w, r)
 }
 
 func cacheFor(d time.Duration, h http.Handler) http.Handler {
