@@ -253,6 +253,28 @@ func TestBrowserRollback(t *testing.T) {
 	assert.Contains(t, plot, `class="mark failed"`)
 	assert.Contains(t, plot, `class="mark rollback"`)
 	screenshot(t, ctx, "pipeline")
+
+	// A pipeline file with a mistake: its page shows where, as the daemon found it.
+	a.commit("a pipeline with a typo", map[string]string{"pipelines/typo.yaml": `apiVersion: ebb.dev/v1alpha1
+kind: Pipeline
+metadata:
+  name: typo
+spec:
+  enabled: true
+  strategy: rolling
+`})
+	var errLines string
+	require.Eventually(t, func() bool {
+		do(t, ctx, 30*time.Second, chromedp.Navigate(base+"/pipelines/typo"))
+		nodes := value(t, ctx, chromedp.Nodes(chromedp.CSS(".errlines"), chromedp.AtLeast(0)))
+		if len(nodes) == 0 {
+			return false
+		}
+		errLines = value(t, ctx, chromedp.Text(chromedp.CSS(".errlines")))
+		return true
+	}, time.Minute, 500*time.Millisecond, "the page of pipeline typo never showed its error")
+	assert.Regexp(t, `pipelines/typo\.yaml:7:3: .*strategy`, errLines)
+	screenshot(t, ctx, "pipeline-error")
 }
 
 // TestBrowserApproval decides a WAITING stage from Chromium: a user who is not an approver is
