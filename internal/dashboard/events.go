@@ -29,9 +29,11 @@ type rowEvent struct {
 
 // refreshEvent is the data of a "refresh" event: the page should fetch itself again.
 type refreshEvent struct {
-	Name  string            `json:"name,omitempty"`
-	Phase reconciler.Status `json:"phase,omitempty"`
-	Seq   int               `json:"seq,omitempty"`
+	Name string `json:"name,omitempty"`
+	// Pipeline names the pipeline whose Pipeline object changed.
+	Pipeline string            `json:"pipeline,omitempty"`
+	Phase    reconciler.Status `json:"phase,omitempty"`
+	Seq      int               `json:"seq,omitempty"`
 }
 
 func (s *Server) handleExecutions(w http.ResponseWriter, r *http.Request) {
@@ -113,6 +115,12 @@ func drain(sub *subscription) {
 
 // writeChange writes the event, if any, that change c means for the page.
 func (s *Server) writeChange(w http.ResponseWriter, view, name string, f filter, c change) {
+	if c.pipeline != "" {
+		if view == "pipeline" && c.pipeline == name {
+			writeEvent(w, "refresh", refreshEvent{Pipeline: c.pipeline})
+		}
+		return
+	}
 	x, ok := s.feed.get(c.name)
 	seq := 0
 	var phase reconciler.Status

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
@@ -33,6 +34,8 @@ type change struct {
 	name string
 	// added is true when the feed did not hold the execution before.
 	added bool
+	// pipeline, instead of name, names a pipeline whose Pipeline object changed.
+	pipeline string
 }
 
 // subscription receives the changes of the feed. When it cannot keep up its channel fills,
@@ -87,6 +90,38 @@ func (f *feed) run(ctx context.Context, client dynamic.Interface, namespace stri
 	case err := <-listErr:
 		return fmt.Errorf("watch executions in namespace %s: %w", namespace, err)
 	}
+}
+
+// watchPipelines tells subscribers of each change of a Pipeline object (a new error, a new
+// planned commit) until ctx ends. It returns an error, and watches nothing, when the user may
+// not list them: their pages then update with their executions only.
+func (f *feed) watchPipelines(ctx context.Context, client dynamic.Interface, namespace string) error {
+	res := client.Resource(reconciler.PipelineResource).Namespace(namespace)
+	if _, err := res.List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+		return fmt.Errorf("list pipelines in namespace %s: %w", namespace, err)
+	}
+	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(client, 0, namespace, nil)
+	inf := factory.ForResource(reconciler.PipelineResource).Informer()
+	_ = inf.SetWatchErrorHandlerWithContext(func(context.Context, *toolscache.Reflector, error) {})
+	changed := func(obj any) {
+		if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			if name, _, _ := unstructured.NestedString(u.Object, "spec", "pipeline"); name != "" {
+				f.publish(change{pipeline: name})
+			}
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    changed,
+		UpdateFunc: func(_, obj any) { changed(obj) },
+		DeleteFunc: changed,
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	return nil
 }
 
 func (f *feed) put(obj any) {

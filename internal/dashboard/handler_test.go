@@ -272,6 +272,19 @@ func TestEvents(t *testing.T) {
 	require.NoError(t, r.store.UpdateExecution(context.Background(), g))
 	ev = next(t, other)
 	assert.Equal(t, r.good.Name, ev.data["name"])
+
+	// A pipeline's page hears of a change of its Pipeline object (a new error).
+	web := events(t, base+"/events?view=pipeline&name=web")
+	pipelines, err := r.store.ListPipelines(context.Background())
+	require.NoError(t, err)
+	require.Len(t, pipelines, 1)
+	want := pipelines[0].DeepCopy()
+	want.Status.LastError.Message = "pipelines/web.yaml:14:7: unknown field \"replicas\""
+	_, err = r.store.SavePipeline(context.Background(), want, &pipelines[0])
+	require.NoError(t, err)
+	ev = next(t, web)
+	assert.Equal(t, "refresh", ev.name)
+	assert.Equal(t, "web", ev.data["pipeline"])
 }
 
 // TestDecisions approves from the page's form as an approver, and shows the API server's

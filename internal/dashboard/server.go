@@ -108,7 +108,13 @@ func New(opts Options) (*Server, error) {
 // arrived, or with the error that prevents it (say, the user may not list executions).
 func (s *Server) Start(ctx context.Context) error {
 	s.stopped = ctx.Done()
-	return s.feed.run(ctx, s.opts.Client, s.opts.Namespace, 0)
+	if err := s.feed.run(ctx, s.opts.Client, s.opts.Namespace, 0); err != nil {
+		return err
+	}
+	if err := s.feed.watchPipelines(ctx, s.opts.Client, s.opts.Namespace); err != nil {
+		s.opts.Logger.Info("pipeline pages update with their executions only", "err", err)
+	}
+	return nil
 }
 
 func (s *Server) routes() {
