@@ -68,7 +68,23 @@ type PipelineSpec struct {
 	Service string `json:"service"`
 	// Stages are rolled out in order; a later stage starts only after the earlier succeeded.
 	Stages []Stage `json:"stages"`
+	// WriteBack, when set, records a completed rollback in Git: the pipeline's files are
+	// restored to the known-good commit (internal/writeback). Default off.
+	WriteBack *WriteBack `json:"writeBack,omitempty"`
 }
+
+// WriteBack says how a rollback is written back to Git.
+type WriteBack struct {
+	// Mode is commit (push to the followed branch) or branch (push ebb/rollback/<pipeline>-<n>
+	// for a person to review).
+	Mode string `json:"mode"`
+}
+
+// Write-back modes.
+const (
+	WriteBackCommit = "commit"
+	WriteBackBranch = "branch"
+)
 
 // Input is what makes one release differ from the next besides the manifests.
 type Input struct {

@@ -60,11 +60,11 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		now := metav1.Now()
 		rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt, rec.FinishedAt = Completed, d.Hash, d.Images, &now, &now
 		rec.Message = "unchanged: already runs release " + releaseID(d.Hash) + " of commit " + short(cur.Commit)
-		return e.save(ctx)
+		return e.saveSoon(ctx)
 	}
 	now := metav1.Now()
 	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, d.Hash, d.Images, &now
-	if err := e.save(ctx); err != nil {
+	if err := e.saveSoon(ctx); err != nil {
 		return err
 	}
 
@@ -96,7 +96,7 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		}); err != nil {
 			return err
 		}
-		return e.save(ctx)
+		return e.saveSoon(ctx) // the next stage's verification, or the end, writes it
 	}
 	return e.stageFailed(ctx, t, d, rec, ledger.Status.LastKnownGood, release, err)
 }

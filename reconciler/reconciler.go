@@ -56,9 +56,12 @@ type Reconciler struct {
 	good    map[string]*Desired // pipeline/stage -> last verified desired release, in memory
 	// synced holds, per pipeline/stage, the objects last found in sync (see inSync).
 	synced map[string]map[string]string
-	// ledgerCache holds the last ledger read or written, by object name (see ledger).
-	ledgerCache map[string]*StageLedger
-	wg          sync.WaitGroup
+	// ledgerCache holds the last ledger read or written, by object name (see ledger), and
+	// ledgersListed says it holds every ledger there is (Resume listed them).
+	ledgerCache     map[string]*StageLedger
+	ledgersListed   bool
+	ledgerForgotten map[string]bool // read from the API server again, though listed
+	wg              sync.WaitGroup
 }
 
 // New returns a Reconciler. Call Resume once, then Sync for each new commit.
@@ -86,7 +89,7 @@ func New(opts Options) *Reconciler {
 		good:    map[string]*Desired{},
 		synced:  map[string]map[string]string{},
 
-		ledgerCache: map[string]*StageLedger{},
+		ledgerCache: map[string]*StageLedger{}, ledgerForgotten: map[string]bool{},
 	}
 }
 
@@ -108,6 +111,10 @@ func (r *Reconciler) Sync(ctx context.Context, targets []*Target) {
 func (r *Reconciler) Resume(ctx context.Context) error {
 	all, err := r.store.ListExecutions(ctx, "")
 	if err != nil {
+		return err
+	}
+	r.store.indexExecutions(all)
+	if err := r.primeLedgers(ctx); err != nil {
 		return err
 	}
 	active := map[string]*Execution{}
@@ -384,6 +391,9 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			return err
 		}
 		d = decide(t, ledgers)
+		if err := r.recordWriteBack(ctx, t, d); err != nil { // decide.go
+			return err
+		}
 		if !d.deploy {
 			log.Debug("nothing to run", "reason", d.reason)
 			if x != nil {
@@ -439,7 +449,7 @@ func ran(x *Execution) bool { return x.Status.Phase != Canceled || x.Status.Star
 // ran since, the branch moved back to t's commit (a reset and a force-push), and the stage
 // must follow it again.
 func (r *Reconciler) priorRun(ctx context.Context, t *Target) (prior, newer *Execution, err error) {
-	all, err := r.store.ListExecutions(ctx, t.Name())
+	all, err := r.store.executionsOf(ctx, t.Name())
 	if err != nil {
 		return nil, nil, err
 	}

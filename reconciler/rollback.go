@@ -86,7 +86,7 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	rec := e.stage(stageName)
 	now := metav1.Now()
 	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, good.Hash, good.Images, &now
-	if err := e.save(ctx); err != nil {
+	if err := e.saveSoon(ctx); err != nil {
 		return err
 	}
 	// A cluster that does not answer is waited for: a rollback never fails for it.
