@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/testcluster"
 	"ebb.dev/ebb/reconciler"
 )
@@ -201,4 +203,35 @@ func TestDashboardCommand(t *testing.T) {
 	code, _, stderr := ebb(t, "dashboard", "--kubeconfig", cluster.Kubeconfig, "--context", "nope", "-n", ns)
 	assert.Equal(t, exitError, code)
 	assert.Contains(t, stderr, `context "nope" does not exist`)
+}
+
+// TestExecutionWatchOnTerminal runs the built ebb under a real pseudo-terminal (script(1)):
+// there each drawing clears the screen first.
+func TestExecutionWatchOnTerminal(t *testing.T) {
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Fatalf("this test runs ebb under script(1), from util-linux, which is not installed: %v", err)
+	}
+	top, err := testcluster.ModuleRoot()
+	require.NoError(t, err)
+	bin := filepath.Join(t.TempDir(), "ebb")
+	require.NoError(t, daemontest.Build(top, bin))
+	ns, store := recordsNamespace(t)
+	x := running(t, store, "web")
+
+	out := &syncBuffer{}
+	cmd := exec.Command(script, "-qec", strings.Join([]string{bin, "execution", "web#1", "--watch", "--kubeconfig", cluster.Kubeconfig, "-n", ns}, " "), "/dev/null")
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	waitFor(t, out, "web#1  RUNNING")
+	move(t, store, x, reconciler.Failed, reconciler.Failed, "rollout: ProgressDeadlineExceeded")
+	require.NoError(t, cmd.Wait(), out.String())
+
+	const clear = "\x1b[H\x1b[2J"
+	drawings := strings.Split(out.String(), clear)
+	require.Len(t, drawings, 3, "two drawings, each after clearing the screen: %q", out.String())
+	assert.Empty(t, drawings[0])
+	assert.True(t, strings.HasPrefix(drawings[1], "web#1  RUNNING"), drawings[1])
+	assert.True(t, strings.HasPrefix(drawings[2], "web#1  FAILED"), drawings[2])
 }
