@@ -26,7 +26,6 @@ type feed struct {
 	// newest is byName sorted newest first; nil when it must be sorted again.
 	newest []*reconciler.Execution
 	subs   map[*subscription]struct{}
-	synced bool
 }
 
 // change is one execution that was added, changed or deleted.
@@ -83,9 +82,6 @@ func (f *feed) run(ctx context.Context, client dynamic.Interface, namespace stri
 		if !ok {
 			return ctx.Err()
 		}
-		f.mu.Lock()
-		f.synced = true
-		f.mu.Unlock()
 		return nil
 	case err := <-listErr:
 		return fmt.Errorf("watch executions in namespace %s: %w", namespace, err)
