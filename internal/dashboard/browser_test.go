@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/client-go/dynamic"
@@ -319,10 +320,22 @@ func TestBrowserApproval(t *testing.T) {
 	do(t, ctx, 30*time.Second,
 		chromedp.Navigate(alice+page),
 		chromedp.WaitVisible(chromedp.CSS(`#live.on`)),
-		chromedp.SendKeys(chromedp.CSS(`#comment-dev`), "dashboards are green"),
-		chromedp.Click(chromedp.CSS(`#approval-dev button.approve`)),
-		chromedp.WaitVisible(chromedp.CSS(`#flash .flash.ok`)),
 	)
+	// With the keyboard only: Tab to the comment box, type, Tab to Approve, press Enter.
+	tabTo := func(id string) {
+		t.Helper()
+		for range 40 {
+			if value(t, ctx, chromedp.Evaluate[string](`document.activeElement ? document.activeElement.id : ""`)) == id {
+				return
+			}
+			do(t, ctx, 5*time.Second, chromedp.KeyEvent(kb.Tab))
+		}
+		t.Fatalf("Tab never reached #%s", id)
+	}
+	tabTo("comment-dev")
+	do(t, ctx, 10*time.Second, chromedp.KeyEvent("dashboards are green"))
+	tabTo("approve-dev")
+	do(t, ctx, 30*time.Second, chromedp.KeyEvent(kb.Enter), chromedp.WaitVisible(chromedp.CSS(`#flash .flash.ok`)))
 	flash = value(t, ctx, chromedp.Text(chromedp.CSS(`#flash`)))
 	assert.Contains(t, flash, "Stage dev was approved by alice.")
 	// The page follows the execution, approved, to its end without a reload.
