@@ -35,6 +35,7 @@ type runFlags struct {
 	webhookSecretFile       string
 	leaderElect             bool
 	identity, logLevel      string
+	dashboard               bool
 }
 
 func newRunCommand() *cobra.Command {
@@ -74,6 +75,7 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.StringVar(&f.credsDir, "git-credentials-dir", "", "directory of Git credential files (a mounted Secret)")
 	fl.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file holding the push webhook secret")
 	fl.BoolVar(&f.leaderElect, "leader-elect", true, "elect one acting replica with a Lease")
+	fl.BoolVar(&f.dashboard, "dashboard", false, "also serve the Executions page, read-only, on --listen (approvals are never possible there)")
 	fl.StringVar(&f.identity, "identity", "", "this replica's name in the Lease (default: host name)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("repo")
@@ -127,7 +129,8 @@ func runDaemon(ctx context.Context, f runFlags) error {
 		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,
 		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst, MaxConcurrent: f.maxConcurrent,
 		LeaderElection: f.leaderElect, Identity: f.identity,
-		Logger: logger,
+		Dashboard: f.dashboard,
+		Logger:    logger,
 	})
 	if err != nil {
 		logger.Error("stopped", "err", err)

@@ -28,6 +28,7 @@ import (
 
 	"ebb.dev/ebb/gitsource"
 	"ebb.dev/ebb/internal/config"
+	"ebb.dev/ebb/internal/dashboard"
 	"ebb.dev/ebb/planner"
 	"ebb.dev/ebb/reconciler"
 )
@@ -46,6 +47,8 @@ type Options struct {
 	Listen string
 	// WebhookSecret verifies push webhooks; empty disables the webhook endpoint.
 	WebhookSecret []byte
+	// Dashboard serves the Executions page read-only on Listen, as the daemon's identity.
+	Dashboard bool
 	// Resync is how often every pipeline's current target is reconciled again, to find drift,
 	// when no commit arrives.
 	Resync time.Duration
@@ -105,7 +108,7 @@ func Run(ctx context.Context, opts Options) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	if opts.Listen != "" {
-		srv, l, err := d.server()
+		srv, l, err := d.server(ctx)
 		if err != nil {
 			return err
 		}
@@ -401,8 +404,9 @@ func (d *Daemon) renderAt(ctx context.Context, commit, pipeline string) (*reconc
 	return nil, fmt.Errorf("commit %s has no pipeline %q", commit, pipeline)
 }
 
-// server serves /metrics, /healthz, /readyz and, with a secret, /webhook.
-func (d *Daemon) server() (*http.Server, net.Listener, error) {
+// server serves /metrics, /healthz, /readyz, with a secret /webhook, and with Dashboard the
+// Executions page.
+func (d *Daemon) server(ctx context.Context) (*http.Server, net.Listener, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
@@ -422,6 +426,22 @@ func (d *Daemon) server() (*http.Server, net.Listener, error) {
 			return nil, nil, err
 		}
 		mux.Handle("/webhook", hook)
+	}
+	if d.opts.Dashboard {
+		// Read-only, as the daemon's own identity: people approve as themselves, with `ebb
+		// approve` or `ebb dashboard`.
+		client, err := dynamic.NewForConfig(d.opts.Home)
+		if err != nil {
+			return nil, nil, err
+		}
+		dash, err := dashboard.New(dashboard.Options{Client: client, Namespace: d.opts.Namespace, ReadOnly: true, Logger: d.log.With("component", "dashboard")})
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := dash.Start(ctx); err != nil {
+			return nil, nil, fmt.Errorf("dashboard: %w", err)
+		}
+		mux.Handle("/", dash)
 	}
 	l, err := net.Listen("tcp", d.opts.Listen)
 	if err != nil {

@@ -165,12 +165,13 @@ clusters:
 		"--repo", repoURL, "--branch", "main", "--config", configPath,
 		"--kubeconfig", d.dev.Kubeconfig, "--namespace", namespace,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--interval", "1s", "--resync", "10s",
-		"--cache-dir", filepath.Join(d.dir, "git-cache"), "--leader-elect=false")
+		"--cache-dir", filepath.Join(d.dir, "git-cache"), "--leader-elect=false", "--dashboard")
 	if err != nil {
 		return err
 	}
 	d.logPath = d.daemon.Log()
 	fmt.Printf("   ebb run --repo %s --config %s   (log: %s, metrics: http://127.0.0.1:%d/metrics)\n", repoURL, configPath, d.logPath, port)
+	fmt.Printf("   open the dashboard to watch the story live: http://127.0.0.1:%d/\n", port)
 	return nil
 }
 
@@ -398,6 +399,7 @@ func (d *demo) explore() {
    %[1]s executions --kubeconfig %[2]s -n %[3]s -o wide
    %[1]s execution %[4]s#2 --kubeconfig %[2]s -n %[3]s
    %[1]s execution %[4]s_dev_rollback#1 --kubeconfig %[2]s -n %[3]s
+   %[1]s dashboard --kubeconfig %[2]s -n %[3]s
    %[5]s --kubeconfig %[2]s get pipelines,executions,stageledgers -n %[3]s
    %[5]s --kubeconfig %[2]s get events -n %[3]s
    %[5]s --kubeconfig %[2]s get deploy,pods -n web-dev -o wide
