@@ -63,7 +63,7 @@ spec:
 func (e *env) releaseHelm(tag, message string) string {
 	e.t.Helper()
 	require.NoError(e.t, e.repo.WriteFiles(map[string]string{
-		"pipelines/" + e.name + ".yaml":    helmPipeline(e.name, tag),
+		"pipelines/" + e.name + ".yaml":  helmPipeline(e.name, tag),
 		"values/" + e.name + "-dev.yaml": "ui:\n  message: dev, from a values file\nlogLevel: debug\n",
 	}))
 	sha, err := e.repo.Commit(message)
