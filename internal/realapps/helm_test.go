@@ -101,9 +101,13 @@ func TestHelmChartReleases(t *testing.T) {
 		assert.NotContains(t, p.Name, "-test-", "a Helm test hook pod was applied")
 	}
 
+	out, err := exec.Command(ebbBin, "validate", "--config", e.config, e.repo.Dir).CombinedOutput()
+	require.NoError(t, err, "ebb validate:\n%s", out)
+	assert.Contains(t, string(out), "1 pipelines valid, 2 stages rendered")
+
 	plan := exec.Command(ebbBin, "plan", "--repo", e.repo.Dir, "--config", e.config,
 		"--kubeconfig", e.home.Kubeconfig, "--records-namespace", e.records)
-	out, err := plan.CombinedOutput()
+	out, err = plan.CombinedOutput()
 	require.NoError(t, err, "ebb plan: nothing to change exits 0:\n%s", out)
 	assert.Contains(t, string(out), "note: Helm hook Pod/"+e.name+"-grpc-test-")
 	assert.Contains(t, string(out), "is left out: ebb runs no hooks")
