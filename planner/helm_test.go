@@ -402,3 +402,26 @@ func TestMergeValues(t *testing.T) {
 	assert.Equal(t, map[string]any{"a": map[string]any{"x": 1, "y": 3}, "b": map[string]any{"z": 1}}, got)
 	assert.Equal(t, map[string]any{"a": map[string]any{"x": 1, "y": 2}, "b": 1}, dst, "dst unchanged")
 }
+
+// TestHelmSymlinksOutOfRepoInvisible: a chart cannot read outside the repository through a
+// symlink, neither as a template nor through .Files; a symlink inside it is followed.
+func TestHelmSymlinksOutOfRepoInvisible(t *testing.T) {
+	outside := t.TempDir()
+	writeTree(t, outside, map[string]string{
+		"secret.txt": "host secret\n",
+		"leak.yaml":  "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leaked\n",
+	})
+	dir := chartRepo(t, map[string]string{
+		"shared/inside.txt":       "from the repository\n",
+		"chart/templates/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: files\ndata:\n  outside: {{ .Files.Get \"files/secret.txt\" | quote }}\n  inside: {{ .Files.Get \"files/inside.txt\" | trim | quote }}\n",
+	})
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "chart/files"), 0o700))
+	require.NoError(t, os.Symlink(filepath.Join(outside, "secret.txt"), filepath.Join(dir, "chart/files/secret.txt")))
+	require.NoError(t, os.Symlink("../../shared/inside.txt", filepath.Join(dir, "chart/files/inside.txt")))
+	require.NoError(t, os.Symlink(filepath.Join(outside, "leak.yaml"), filepath.Join(dir, "chart/templates/leak.yaml")))
+
+	rel, err := renderWeb(t, dir, testClusters)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ConfigMap/web-dev/files", "Deployment/web-dev/web"}, kinds(rel.Objects), "the template linked from outside is not there")
+	assert.Equal(t, map[string]any{"outside": "", "inside": "from the repository"}, findObject(rel.Objects, "ConfigMap", "files").Object["data"])
+}
