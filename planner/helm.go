@@ -378,12 +378,16 @@ func renderChart(ch *chart.Chart, chartDir string, vals map[string]any, params r
 		return nil, nil, fmt.Errorf("helm chart %s: dependencies: %w", chartDir, err)
 	}
 	options := chartutil.ReleaseOptions{Name: params.Pipeline, Namespace: params.Namespace, Revision: 1, IsInstall: true}
-	// The chart's values.schema.json is not checked: Helm's check follows $refs to any
-	// http(s) or file URL, out of the repository; a chart that needs its values checked
-	// says so with `required` and `fail`, which work as in Helm.
+	// Helm's own schema check would follow a schema's $refs to any http(s) or file URL, out
+	// of the repository: checkSchemas does it offline.
 	top, err := chartutil.ToRenderValuesWithSchemaValidation(ch, vals, options, caps, true)
 	if err != nil {
 		return nil, nil, fmt.Errorf("helm chart %s: values: %w", chartDir, err)
+	}
+	if v, ok := top["Values"].(chartutil.Values); ok {
+		if err := checkSchemas(ch, chartDir, map[string]any(v)); err != nil {
+			return nil, nil, err
+		}
 	}
 	files, err := engine.Engine{}.Render(ch, top)
 	if err != nil {

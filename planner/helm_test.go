@@ -425,3 +425,32 @@ func TestHelmSymlinksOutOfRepoInvisible(t *testing.T) {
 	assert.Equal(t, []string{"ConfigMap/web-dev/files", "Deployment/web-dev/web"}, kinds(rel.Objects), "the template linked from outside is not there")
 	assert.Equal(t, map[string]any{"outside": "", "inside": "from the repository"}, findObject(rel.Objects, "ConfigMap", "files").Object["data"])
 }
+
+func TestHelmValuesSchema(t *testing.T) {
+	schema := `{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+ "properties": {"replicas": {"type": "integer", "minimum": 1}}, "required": ["replicas"]}`
+	tests := []struct {
+		name, schema, values, msg string
+	}{
+		{"values match", schema, "replicas: 2\n", ""},
+		{"values do not match", schema, "replicas: 0\n", "the values do not match the chart's schema"},
+		{"a $ref to another document is not fetched", `{"$ref": "https://example.com/values.schema.json"}`, "replicas: 1\n", "ebb fetches no schema"},
+		{"a $ref to a file of the host is not read", `{"$ref": "file:///etc/passwd"}`, "replicas: 1\n", "ebb fetches no schema"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := chartRepo(t, map[string]string{"chart/values.schema.json": tt.schema, "chart/values.yaml": tt.values})
+			repo := NewRepo(os.DirFS(dir))
+			pipelines, err := Load(repo, testClusters)
+			require.NoError(t, err)
+			_, err = NewRenderer(testClusters).RenderAll(repo, pipelines)
+			if tt.msg == "" {
+				require.NoError(t, err)
+				return
+			}
+			at := locatedErr(t, err)
+			assert.Equal(t, "chart/values.schema.json", at.File)
+			assert.Contains(t, at.Msg, tt.msg)
+		})
+	}
+}
