@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 	"helm.sh/helm/v3/pkg/chart"
@@ -196,26 +196,7 @@ func loadChart(fsys *renderFS, chartDir string) (*chart.Chart, error) {
 		}
 	}
 	rules.AddDefaults()
-	var names []string
-	err := fsys.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel := strings.TrimPrefix(p, dir+"/")
-		if p == dir {
-			return nil
-		}
-		if rules.Ignore(rel, fi) {
-			if fi.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !fi.IsDir() {
-			names = append(names, rel)
-		}
-		return nil
-	})
+	names, err := chartFileNames(fsys, dir, "", rules)
 	if err != nil {
 		return nil, fmt.Errorf("helm chart %s: %w", chartDir, cleanKustomizeError(err))
 	}
@@ -237,6 +218,52 @@ func loadChart(fsys *renderFS, chartDir string) (*chart.Chart, error) {
 	}
 	return ch, nil
 }
+
+// chartFileNames lists the files of the chart directory dir below rel, .helmignore applied,
+// one directory at a time: an ignored directory is not listed, so what is added to it is no
+// input of the render.
+func chartFileNames(fsys *renderFS, dir, rel string, rules *ignore.Rules) ([]string, error) {
+	entries, err := fsys.ReadDir(path.Join(dir, rel))
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		name := path.Join(rel, e)
+		isDir := fsys.IsDir(path.Join(dir, name))
+		if rules.Ignore(name, fileInfo{name: e, dir: isDir}) {
+			continue
+		}
+		if !isDir {
+			names = append(names, name)
+			continue
+		}
+		sub, err := chartFileNames(fsys, dir, name, rules)
+		if err != nil {
+			return nil, err
+		}
+		names = append(names, sub...)
+	}
+	return names, nil
+}
+
+// fileInfo is what .helmignore rules look at: a name, and whether it is a directory.
+type fileInfo struct {
+	name string
+	dir  bool
+}
+
+func (f fileInfo) Name() string { return f.name }
+func (f fileInfo) Size() int64  { return 0 }
+func (f fileInfo) Mode() fs.FileMode {
+	if f.dir {
+		return fs.ModeDir
+	}
+	return 0
+}
+func (f fileInfo) ModTime() time.Time { return time.Time{} }
+func (f fileInfo) IsDir() bool        { return f.dir }
+func (f fileInfo) Sys() any           { return nil }
 
 // readChartFile reads a file of a chart. Templates are not YAML until rendered: they count
 // against the limits of bytes, and what they render is checked against the others

@@ -318,6 +318,21 @@ dependencies:
 	assert.Equal(t, []string{"Helm hook Job/migrate (pre-install,pre-upgrade, chart/templates/job-hook.yaml) is left out: ebb runs no hooks"}, rel.Notes)
 	assert.Equal(t, []string{"nginx:1.28"}, rel.Images)
 
+	r := NewRenderer(testClusters)
+	render := func() *Release {
+		repo := NewRepo(os.DirFS(dir))
+		pipelines, err := Load(repo, testClusters)
+		require.NoError(t, err)
+		rel, err := r.Render(repo, pipelines[0], "dev")
+		require.NoError(t, err)
+		return rel
+	}
+	first := render()
+	assert.Same(t, first, render(), "a chart with an ignored directory is reused from the cache")
+	writeTree(t, dir, map[string]string{"chart/ignored/more.yaml": "{{ nosuchfunc }}"})
+	assert.Same(t, first, render(), "a file added to an ignored directory changes nothing")
+	assert.Equal(t, 1, r.Stats().Rendered)
+
 	writeTree(t, dir, map[string]string{"chart/values.yaml": "replicas: 1\ncache: {enabled: false}\n"})
 	rel, err = renderWeb(t, dir, testClusters)
 	require.NoError(t, err)

@@ -245,7 +245,7 @@ func (r *renderFS) ReadDir(p string) ([]string, error) {
 		return nil, r.exceed(errPastDeadline)
 	}
 	names, err := r.repo.ReadDir(p)
-	r.note(opList, p, digestList(names, err))
+	r.note(opList, p, digestNames(names, err))
 	return names, err
 }
 
