@@ -182,15 +182,14 @@ func TestHelmChartErrors(t *testing.T) {
 		msg   string
 	}{
 		{name: "chart path leaves the repository",
-			files: map[string]string{"pipelines/web.yaml": strings.Replace(
-				`apiVersion: ebb.dev/v1alpha1
+			files: map[string]string{"pipelines/web.yaml": `apiVersion: ebb.dev/v1alpha1
 kind: Pipeline
 metadata: {name: web}
 spec:
   service: web
   helm: {chart: ../chart}
   stages: [{name: dev, cluster: dev, namespace: web-dev}]
-`, "", "", 1)},
+`},
 			file: "pipelines/web.yaml", line: 6, msg: `chart path "../chart" leaves the repository`},
 		{name: "chart is a symlink out of the repository",
 			files: map[string]string{"pipelines/web.yaml": `apiVersion: ebb.dev/v1alpha1
