@@ -48,3 +48,21 @@ func copyDir(b *testing.B, src, dst string) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkRenderHelmPodinfoUnchanged measures what an unchanged podinfo chart costs a poll:
+// the cache replays the render's looks at the repository and reuses the release.
+func BenchmarkRenderHelmPodinfoUnchanged(b *testing.B) {
+	repo, p := loadOne(b, podinfoChartRepo, "podinfo")
+	r := NewRenderer(testClusters)
+	if _, err := r.Render(repo, p, "dev"); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := r.Render(repo, p, "dev"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if r.Stats().Rendered != 1 {
+		b.Fatalf("rendered %d times", r.Stats().Rendered)
+	}
+}
