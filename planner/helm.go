@@ -281,6 +281,7 @@ func readChartFile(fsys *renderFS, p string) ([]byte, error) {
 			return nil, fsys.exceed(fileTooBig(repoPath(p), size, fsys.limits.MaxFileBytes))
 		}
 	}
+	fsys.looked++
 	data, err := fsys.repo.ReadFile(p)
 	fsys.note(opRead, p, digestBytes(data, err))
 	if err != nil {

@@ -60,11 +60,11 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		now := metav1.Now()
 		rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt, rec.FinishedAt = Completed, d.Hash, d.Images, &now, &now
 		rec.Message = "unchanged: already runs release " + releaseID(d.Hash) + " of commit " + short(cur.Commit)
-		return e.save(ctx)
+		return e.saveSoon(ctx)
 	}
 	now := metav1.Now()
 	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, d.Hash, d.Images, &now
-	if err := e.save(ctx); err != nil {
+	if err := e.saveSoon(ctx); err != nil {
 		return err
 	}
 
@@ -96,7 +96,7 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		}); err != nil {
 			return err
 		}
-		return e.save(ctx)
+		return e.saveSoon(ctx) // the next stage's verification, or the end, writes it
 	}
 	return e.stageFailed(ctx, t, d, rec, ledger.Status.LastKnownGood, release, err)
 }
@@ -141,10 +141,14 @@ func (e *run) untilClusterAnswers(ctx context.Context, stage string, fn func(con
 		if err := e.setPhase(ctx, Waiting, why); err != nil {
 			return err
 		}
+		e.slot.free() // waiting for a cluster takes no slot from executions that can run
 		select {
 		case <-ctx.Done():
 			return errParked
 		case <-time.After(wait):
+		}
+		if err := e.slot.take(ctx); err != nil {
+			return err
 		}
 		wait = min(wait*2, retryMax)
 		e.x.Status.Failure, e.x.Status.Comment = "", comment

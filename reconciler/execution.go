@@ -21,6 +21,28 @@ type run struct {
 	// that write to the cluster run again (applying is idempotent), so what it verifies is
 	// what the cluster runs now, not what it ran before the restart.
 	resumed bool
+	// savedAt is when the record was last written (see saveSoon).
+	savedAt time.Time
+	// slot is the execution's share of Options.MaxConcurrent; nil for one that does not wait
+	// for it (resumed after a restart).
+	slot *execSlot
+}
+
+// saveBatch is how long changes nobody would miss wait to be written with the next ones: a
+// task that starts and ends within it is one write, not two.
+const saveBatch = 250 * time.Millisecond
+
+// saveSoon writes the record when it was last written more than saveBatch ago, and otherwise
+// leaves the change for the next write. It is for changes that a later one follows at once
+// (a task's start and end, a stage's start): a change of status, a verification starting
+// (which may last minutes) and the end of the execution are written at once (save), with
+// whatever waited. A daemon that dies in between loses only task times: a resumed execution
+// runs its tasks again.
+func (e *run) saveSoon(ctx context.Context) error {
+	if time.Since(e.savedAt) < saveBatch {
+		return nil
+	}
+	return e.save(ctx)
 }
 
 // errParked means the daemon is shutting down: the execution stays as recorded and a
@@ -38,6 +60,7 @@ func (e *run) save(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
 		err := e.saveOnce(ctx)
 		if err == nil {
+			e.savedAt = time.Now()
 			return nil
 		}
 		if apierrors.IsConflict(err) && attempt < 5 {
@@ -135,7 +158,11 @@ func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifie
 	now := metav1.Now()
 	t.Status, t.StartedAt, t.FinishedAt, t.Message = Running, &now, nil, ""
 	e.x.Status.Stage = stage.Name
-	if err := e.save(ctx); err != nil {
+	save := e.saveSoon
+	if verifies {
+		save = e.save // a verification may take minutes: show it has begun
+	}
+	if err := save(ctx); err != nil {
 		return err
 	}
 	e.log.Info("task started", "stage", stage.Name, "task", name)
@@ -154,7 +181,7 @@ func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifie
 		t.Status = Completed
 		e.log.Info("task completed", "stage", stage.Name, "task", name, "duration", done.Sub(t.StartedAt.Time))
 	}
-	if serr := e.save(ctx); serr != nil && err == nil {
+	if serr := e.saveSoon(ctx); serr != nil && err == nil {
 		return serr
 	}
 	if err != nil {

@@ -22,7 +22,7 @@ func (e *run) rollback(ctx context.Context, failed *Target, stage string, good R
 	}
 	// The rollback logs under its own name, with the commit and execution that failed.
 	rr := &run{r: e.r, x: rb, log: e.r.log.With("pipeline", failed.Name(), "commit", short(failed.Commit.SHA),
-		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName), resumed: e.resumed}
+		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName), resumed: e.resumed, slot: e.slot}
 	if !rb.Status.Phase.Terminal() {
 		err = rr.restore(ctx, failed.Name(), stage, good)
 		if errors.Is(err, errParked) {
@@ -86,7 +86,7 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	rec := e.stage(stageName)
 	now := metav1.Now()
 	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, good.Hash, good.Images, &now
-	if err := e.save(ctx); err != nil {
+	if err := e.saveSoon(ctx); err != nil {
 		return err
 	}
 	// A cluster that does not answer is waited for: a rollback never fails for it.

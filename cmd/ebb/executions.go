@@ -30,15 +30,19 @@ func (f *recordFlags) add(cmd *cobra.Command) {
 }
 
 func (f *recordFlags) store() (*reconciler.Store, error) {
-	cfg, err := restConfig(f.kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	dyn, err := f.client()
 	if err != nil {
 		return nil, err
 	}
 	return reconciler.NewStore(dyn, f.namespace), nil
+}
+
+func (f *recordFlags) client() (dynamic.Interface, error) {
+	cfg, err := restConfig(f.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return dynamic.NewForConfig(cfg)
 }
 
 func newExecutionsCommand() *cobra.Command {
@@ -46,14 +50,21 @@ func newExecutionsCommand() *cobra.Command {
 		rf       recordFlags
 		pipeline string
 		output   string
+		follow   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "executions [--pipeline P] [-o wide|yaml|json]",
+		Use:   "executions [--pipeline P] [-o wide|yaml|json] [--watch]",
 		Short: "List executions, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "", "wide", "yaml", "json"); err != nil {
 				return err
+			}
+			if follow {
+				if output != "" && output != "wide" {
+					return usageErrorf("--watch draws the table: -o %s cannot be watched", output)
+				}
+				return watchTable(cmd, rf, pipeline, output == "wide")
 			}
 			store, err := rf.store()
 			if err != nil {
@@ -74,6 +85,7 @@ func newExecutionsCommand() *cobra.Command {
 	rf.add(cmd)
 	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only the executions of this pipeline")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: wide, yaml or json")
+	cmd.Flags().BoolVarP(&follow, "watch", "w", false, "redraw the table as executions move; exit when none is running")
 	return cmd
 }
 
@@ -106,9 +118,10 @@ func newExecutionCommand() *cobra.Command {
 	var (
 		rf     recordFlags
 		output string
+		follow bool
 	)
 	cmd := &cobra.Command{
-		Use:   "execution NAME#N [-o yaml|json]",
+		Use:   "execution NAME#N [-o yaml|json] [--watch]",
 		Short: "Show one execution's stages and tasks, with statuses, durations, messages and comments",
 		Example: `  ebb execution web#3
   ebb execution web_dev_rollback#1 -o yaml`,
@@ -119,6 +132,12 @@ func newExecutionCommand() *cobra.Command {
 			}
 			if _, _, err := reconciler.ParseDisplayName(args[0]); err != nil {
 				return usageErrorf("%v", err)
+			}
+			if follow {
+				if output != "" {
+					return usageErrorf("--watch draws the tree: -o %s cannot be watched", output)
+				}
+				return watchTree(cmd, rf, args[0])
 			}
 			store, err := rf.store()
 			if err != nil {
@@ -140,6 +159,7 @@ func newExecutionCommand() *cobra.Command {
 	}
 	rf.add(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: yaml or json")
+	cmd.Flags().BoolVarP(&follow, "watch", "w", false, "redraw the tree as the execution moves; exit when it ends")
 	return cmd
 }
 

@@ -83,6 +83,7 @@ func newRootCommand() *cobra.Command {
 		newNewCommand(),
 		newApproveCommand(),
 		newRejectCommand(),
+		newDashboardCommand(),
 	)
 	return root
 }

@@ -130,6 +130,7 @@ func TestTemplate(t *testing.T) {
 				pod := d.Spec.Template.Spec
 				c := pod.Containers[0]
 				assert.Equal(t, []string{"run", "--repo=" + url, "--branch=main", "--interval=30s", "--resync=1m", "--retry-backoff=30s",
+					"--max-concurrent-executions=32", "--kube-qps=100", "--kube-burst=200",
 					"--config=/etc/ebb/config/config.yaml", "--listen=:8080", "--cache-dir=/var/cache/ebb",
 					"--leader-elect=true", "--identity=$(POD_NAME)", "--log-level=info"}, c.Args)
 				assert.Equal(t, "ghcr.io/ebb-dev/ebb:0.1.0", c.Image)
@@ -200,7 +201,7 @@ func TestTemplate(t *testing.T) {
 				r.into(t, "Role", "ebb-system/ebb", &role)
 				last := role.Rules[len(role.Rules)-1]
 				assert.Equal(t, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"},
-					ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get"}}, last)
+					ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get", "list", "watch"}}, last)
 
 				a := args(t, r)
 				assert.Contains(t, a, "--tag=v1")
