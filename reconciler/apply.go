@@ -95,20 +95,27 @@ func owner(pipeline, stage string) ssa.Owner { return ssa.Owner{Pipeline: pipeli
 // stage's inventory in its ledger, so that whatever a release (or a crash in the middle of
 // it) leaves in the cluster is known, and pruned once a release without it is verified.
 func (r *Reconciler) apply(ctx context.Context, cluster *Cluster, pipeline, stage string, objs []*unstructured.Unstructured) error {
+	if err := r.addToInventory(ctx, pipeline, stage, objs); err != nil {
+		return err
+	}
+	applied, err := cluster.SSA.Apply(ctx, objs, ssa.ApplyOptions{Owner: owner(pipeline, stage)})
+	ssa.Remember(r.inSync(pipeline, stage), applied)
+	return err
+}
+
+// addToInventory adds objs to the stage's inventory, writing its ledger only when that adds
+// something. A stage adds its whole release at its start (one write), so that its tasks'
+// applies find it there.
+func (r *Reconciler) addToInventory(ctx context.Context, pipeline, stage string, objs []*unstructured.Unstructured) error {
 	add := ssa.InventoryOf(objs)
-	if err := r.updateLedger(ctx, pipeline, stage, func(s *StageLedgerStatus) bool {
+	return r.updateLedger(ctx, pipeline, stage, func(s *StageLedgerStatus) bool {
 		next := s.Inventory.Union(add)
 		if len(next) == len(s.Inventory) && len(next.Minus(s.Inventory)) == 0 {
 			return false
 		}
 		s.Inventory = next
 		return true
-	}); err != nil {
-		return err
-	}
-	applied, err := cluster.SSA.Apply(ctx, objs, ssa.ApplyOptions{Owner: owner(pipeline, stage)})
-	ssa.Remember(r.inSync(pipeline, stage), applied)
-	return err
+	})
 }
 
 // prune deletes what the stage's inventory holds beyond keep, the objects of the release it
@@ -128,6 +135,9 @@ func (r *Reconciler) prune(ctx context.Context, cluster *Cluster, pipeline, stag
 		r.log.Info("not pruned", "pipeline", pipeline, "stage", stage, "object", id.String(), "why", why)
 	}
 	return res.Deleted, r.updateLedger(ctx, pipeline, stage, func(s *StageLedgerStatus) bool {
+		if len(s.Inventory) == len(next) && len(s.Inventory.Minus(next)) == 0 {
+			return false // nothing left the inventory: no write
+		}
 		s.Inventory = next
 		return true
 	})

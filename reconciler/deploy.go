@@ -74,6 +74,11 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		if target, err = e.r.target(d.Stage.Cluster); err != nil {
 			return &taskError{task: TaskCreateResources, err: err}
 		}
+		if objs, err := appliedObjects(d); err == nil {
+			if err := e.r.addToInventory(ctx, t.Name(), d.Stage.Name, objs); err != nil {
+				return &taskError{task: TaskCreateResources, err: err}
+			}
+		}
 		return modelOf(d.Stage).deploy(ctx, e.newStageRun(t.Name(), target, d, rec))
 	})
 	if errors.Is(err, errParked) {

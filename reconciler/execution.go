@@ -28,9 +28,11 @@ type run struct {
 	slot *execSlot
 }
 
-// saveBatch is how long changes nobody would miss wait to be written with the next ones: a
-// task that starts and ends within it is one write, not two.
-const saveBatch = 250 * time.Millisecond
+// saveBatch is how long changes nobody would miss wait to be written with the next ones: the
+// tasks that start and end within it are one write, not two each. Measured at 500 pipelines
+// on a busy API server, a task often takes longer than 250ms, and a shorter window saved
+// little (11.7 writes per two-stage execution).
+const saveBatch = 2 * time.Second
 
 // saveSoon writes the record when it was last written more than saveBatch ago, and otherwise
 // leaves the change for the next write. It is for changes that a later one follows at once

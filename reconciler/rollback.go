@@ -91,6 +91,11 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	}
 	// A cluster that does not answer is waited for: a rollback never fails for it.
 	err = e.untilClusterAnswers(ctx, stageName, func(ctx context.Context) error {
+		if objs, err := appliedObjects(d); err == nil {
+			if err := e.r.addToInventory(ctx, pipeline, stageName, objs); err != nil {
+				return &taskError{task: TaskCreateResources, err: err}
+			}
+		}
 		return modelOf(d.Stage).restore(ctx, e.newStageRun(pipeline, cluster, d, rec))
 	})
 	if errors.Is(err, errParked) {

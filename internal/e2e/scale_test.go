@@ -92,11 +92,13 @@ func BenchmarkScale(b *testing.B) {
 	// such a commit costs from then on.
 	noopCommit := func(content string) requestCounts {
 		before := requests(b, d.port)
-		polls := sumPrefix(scrape(b, d.port), "ebb_git_polls_total")
+		checks := sumPrefix(scrape(b, d.port), "ebb_drift_checks_total")
 		_, err = e.repo.CommitFiles("a README", map[string]string{"README.md": content})
 		require.NoError(b, err)
-		require.Eventually(b, func() bool { return sumPrefix(scrape(b, d.port), "ebb_git_polls_total") > polls }, time.Minute, 50*time.Millisecond)
-		time.Sleep(5 * time.Second)
+		// Each of the n pipelines checks its two stages: the commit's work is done then.
+		require.Eventually(b, func() bool { return sumPrefix(scrape(b, d.port), "ebb_drift_checks_total") >= checks+float64(2*n) },
+			5*time.Minute, 100*time.Millisecond, "the commit's drift checks did not end")
+		time.Sleep(time.Second)
 		return requests(b, d.port).minus(before)
 	}
 	firstNoop := noopCommit("nothing to deploy\n")
