@@ -31,6 +31,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* The kubeconfig Secrets the daemon config names, one per line. */}}
+{{- define "ebb.notificationSecrets" -}}
+{{- range .Values.notifications }}
+{{- with .urlSecret }}
+{{ .name }}
+{{- end }}
+{{- with .signingSecret }}
+{{ .name }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "ebb.kubeconfigSecrets" -}}
 {{- range .Values.clusters }}
 {{- if .kubeconfigSecret }}
