@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 
 	"ebb.dev/ebb/internal/config"
 	"ebb.dev/ebb/planner"
@@ -75,27 +78,40 @@ func args(t *testing.T, r rendered) []string {
 	return d.Spec.Template.Spec.Containers[0].Args
 }
 
+// TestLint: `helm lint --strict` passes on the chart as it is, with no values (the required
+// git.url is reported, not failed, as helm does for required values), and with each values file
+// of ci/.
 func TestLint(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		values []string
-	}{
-		{"defaults", []string{"git.url=https://git.example.com/team/deploy.git"}},
-		{"namespaced RBAC, monitoring, webhook ingress", []string{
-			"git.url=https://git.example.com/team/deploy.git", "rbac.scope=namespaces", "rbac.namespaces={team-a,team-b}",
-			"serviceMonitor.enabled=true", "ingress.enabled=true", "ingress.host=ebb.example.com", "webhook.existingSecret=ebb-webhook",
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(chartDir, "ci", "*-values.yaml"))
+	require.NoError(t, err)
+	require.Len(t, files, 2, "ci/ holds the lint values")
+	for _, tc := range append([]string{""}, files...) {
+		t.Run(filepath.Base(tc), func(t *testing.T) {
 			args := []string{"lint", "--strict", chartDir}
-			for _, v := range tc.values {
-				args = append(args, "--set", v)
+			if tc != "" {
+				args = append(args, "--values", tc)
 			}
 			out, err := helm(args...)
 			require.NoError(t, err, out)
 			assert.Contains(t, out, "1 chart(s) linted, 0 chart(s) failed")
+			assert.NotContains(t, out, "[WARNING]")
+			assert.NotContains(t, out, "[ERROR]")
 		})
 	}
+}
+
+// chartAppVersion is Chart.yaml's appVersion: the version of the image, and of the binary the
+// Makefile builds.
+func chartAppVersion(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
+	require.NoError(t, err)
+	var chart struct {
+		AppVersion string `json:"appVersion"`
+	}
+	require.NoError(t, yaml.Unmarshal(data, &chart))
+	require.NotEmpty(t, chart.AppVersion)
+	return chart.AppVersion
 }
 
 func TestTemplate(t *testing.T) {
@@ -111,7 +127,7 @@ func TestTemplate(t *testing.T) {
 			check: func(t *testing.T, r rendered) {
 				for kind, key := range map[string]string{
 					"ServiceAccount": "ebb-system/ebb", "ConfigMap": "ebb-system/ebb", "Service": "ebb-system/ebb",
-					"Role": "ebb-system/ebb", "RoleBinding": "ebb-system/ebb", "ClusterRole": "/ebb-deploy", "ClusterRoleBinding": "/ebb-deploy",
+					"Role": "ebb-system/ebb", "RoleBinding": "ebb-system/ebb", "ClusterRole": "/ebb-ebb-system-deploy", "ClusterRoleBinding": "/ebb-ebb-system-deploy",
 				} {
 					assert.Contains(t, r.names(kind), key, kind)
 				}
@@ -132,7 +148,7 @@ func TestTemplate(t *testing.T) {
 				assert.Equal(t, []string{"run", "--repo=" + url, "--branch=main", "--interval=30s", "--resync=1m", "--retry-backoff=30s",
 					"--config=/etc/ebb/config/config.yaml", "--listen=:8080", "--cache-dir=/var/cache/ebb",
 					"--leader-elect=true", "--identity=$(POD_NAME)", "--log-level=info"}, c.Args)
-				assert.Equal(t, "ghcr.io/ebb-dev/ebb:0.1.0", c.Image)
+				assert.Equal(t, "ghcr.io/ebb-dev/ebb:"+chartAppVersion(t), c.Image, "the image tag is the chart's appVersion")
 				assert.Equal(t, "metadata.namespace", c.Env[1].ValueFrom.FieldRef.FieldPath)
 				assert.Equal(t, "POD_NAMESPACE", c.Env[1].Name)
 				assert.True(t, *pod.SecurityContext.RunAsNonRoot)
@@ -165,20 +181,20 @@ func TestTemplate(t *testing.T) {
 			values: []string{"git.url=" + url, "rbac.scope=namespaces", "rbac.namespaces={team-a,team-b}",
 				`rbac.extraRules[0].apiGroups={networking.k8s.io}`, "rbac.extraRules[0].resources={ingresses}", "rbac.extraRules[0].verbs={get,list,create,patch,delete}"},
 			check: func(t *testing.T, r rendered) {
-				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-deploy", "team-b/ebb-deploy"}, r.names("Role"))
-				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-deploy", "team-b/ebb-deploy"}, r.names("RoleBinding"))
-				assert.Equal(t, []string{"/ebb-namespaces"}, r.names("ClusterRole"), "no cluster-wide deploy rights")
+				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-ebb-system-deploy", "team-b/ebb-ebb-system-deploy"}, r.names("Role"))
+				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-ebb-system-deploy", "team-b/ebb-ebb-system-deploy"}, r.names("RoleBinding"))
+				assert.Equal(t, []string{"/ebb-ebb-system-namespaces"}, r.names("ClusterRole"), "no cluster-wide deploy rights")
 				var cr rbacv1.ClusterRole
-				r.into(t, "ClusterRole", "/ebb-namespaces", &cr)
+				r.into(t, "ClusterRole", "/ebb-ebb-system-namespaces", &cr)
 				require.Len(t, cr.Rules, 1)
 				assert.Equal(t, []string{"team-a", "team-b"}, cr.Rules[0].ResourceNames)
 				assert.Equal(t, []string{"get", "patch"}, cr.Rules[0].Verbs)
 				var role rbacv1.Role
-				r.into(t, "Role", "team-b/ebb-deploy", &role)
+				r.into(t, "Role", "team-b/ebb-ebb-system-deploy", &role)
 				last := role.Rules[len(role.Rules)-1]
 				assert.Equal(t, []string{"ingresses"}, last.Resources, "extraRules are added")
 				var rb rbacv1.RoleBinding
-				r.into(t, "RoleBinding", "team-a/ebb-deploy", &rb)
+				r.into(t, "RoleBinding", "team-a/ebb-ebb-system-deploy", &rb)
 				assert.Equal(t, rbacv1.Subject{Kind: "ServiceAccount", Name: "ebb", Namespace: "ebb-system"}, rb.Subjects[0])
 			},
 		},
@@ -237,7 +253,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		values []string
 		want   []string
 	}{
-		{"missing git.url", nil, []string{"/git/url", "minLength"}},
+		{"missing git.url", nil, []string{"deployment.yaml", "git.url is required"}},
 		{"replicas as a string", []string{"git.url=x", "--set-string", "replicaCount=2"}, []string{"/replicaCount", "want integer"}},
 		{"unknown key", []string{"git.url=x", "--set", "replicas=2"}, []string{"additional properties 'replicas' not allowed"}},
 		{"unknown git key", []string{"git.url=x", "--set", "git.ref=main"}, []string{"additional properties 'ref' not allowed"}},

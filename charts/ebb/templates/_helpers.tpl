@@ -59,3 +59,13 @@ Deployments by label; Events are recorded on Deployments and restored objects.
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The name of the release's cluster-scoped objects (ClusterRoles and their bindings, the approval
+policy and its binding) and of its Roles in namespaces it shares with other releases: the full
+name and the release namespace, so that releases of the same name in two namespaces never
+claim the same object.
+*/}}
+{{- define "ebb.clusterName" -}}
+{{- printf "%s-%s" (include "ebb.fullname" .) .Release.Namespace | trunc 200 | trimSuffix "-" -}}
+{{- end -}}
