@@ -107,8 +107,7 @@ func (e *run) metricsCheck(ctx context.Context, stage *planner.Stage) error {
 	if m == nil || e.x.Spec.Kind == KindRollback {
 		return nil
 	}
-	check := MetricsCheck{Prometheus: m.Prometheus, Query: m.Query, Max: m.Max, Min: m.Min, Interval: m.Interval.Duration, For: m.For.Duration}
-	return check.Run(ctx, e.r.opts.HTTPClient)
+	return newMetricsCheck(m, e.r.metricsSecrets()).Run(ctx, e.r.opts.HTTPClient) // metricscheck.go
 }
 
 // changedCluster reports whether a stage's tasks before a failure wrote to its cluster: an

@@ -205,7 +205,8 @@ func TestTemplate(t *testing.T) {
 				"ingress.enabled=true", "ingress.host=ebb.example.com", "ingress.tlsSecretName=ebb-tls", "replicaCount=2",
 				"clusters[0].name=dev", "clusters[0].inCluster=true",
 				"clusters[1].name=prod", "clusters[1].kubeconfigSecret.name=prod-kubeconfig",
-				"clusters[2].name=edge", "clusters[2].kubeconfigSecret.name=edge-kubeconfig", "clusters[2].kubeconfigSecret.key=value"},
+				"clusters[2].name=edge", "clusters[2].kubeconfigSecret.name=edge-kubeconfig", "clusters[2].kubeconfigSecret.key=value",
+				"rbac.metricsSecrets={prometheus-auth}"},
 			check: func(t *testing.T, r rendered) {
 				cfg := r.daemonConfig(t, "ebb-system/ebb")
 				assert.Equal(t, []string{"dev", "prod", "edge"}, cfg.ClusterNames())
@@ -214,9 +215,11 @@ func TestTemplate(t *testing.T) {
 
 				var role rbacv1.Role
 				r.into(t, "Role", "ebb-system/ebb", &role)
-				last := role.Rules[len(role.Rules)-1]
-				assert.Equal(t, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"},
-					ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get"}}, last)
+				secrets := role.Rules[len(role.Rules)-2:]
+				assert.Equal(t, []rbacv1.PolicyRule{
+					{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get"}},
+					{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"prometheus-auth"}, Verbs: []string{"get"}},
+				}, secrets, "the kubeconfig Secrets and the metrics checks' Secrets, and no others")
 
 				a := args(t, r)
 				assert.Contains(t, a, "--tag=v1")
