@@ -43,7 +43,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 The rules a stage needs in the namespaces it deploys to, derived from the reconciler:
 server-side apply is a patch, and a create when the object does not exist yet; drift checks
 get; prune lists by label and deletes; rollout verification gets the Deployment and watches
-Deployments by label; Events are recorded on Deployments and restored objects.
+Deployments by label; Events (events.k8s.io/v1) are recorded on Deployments and restored
+objects, and patched when they repeat.
 */}}
 {{- define "ebb.deployRules" -}}
 - apiGroups: [""]
@@ -52,9 +53,9 @@ Deployments by label; Events are recorded on Deployments and restored objects.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [""]
+- apiGroups: [events.k8s.io]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
