@@ -74,7 +74,7 @@ func newRecords(t *testing.T) *records {
 // connection flags.
 func TestClusterCommandsHaveKubectlFlags(t *testing.T) {
 	root := newRootCommand()
-	for _, name := range []string{"run", "pipelines", "executions", "execution", "approve", "reject", "reconcile", "version"} {
+	for _, name := range []string{"run", "pipelines", "executions", "execution", "approve", "reject", "reconcile", "version", "plan"} {
 		cmd, _, err := root.Find([]string{name})
 		require.NoError(t, err, name)
 		for _, flag := range []string{"kubeconfig", "context", "namespace", "as", "as-group", "token", "server", "request-timeout"} {

@@ -58,13 +58,18 @@ func (d *Daemon) watchReconcileRequests(ctx context.Context) {
 		return
 	}
 	factory.Start(ctx.Done())
+	handled := map[string]string{} // object name -> the last request handled
 	for {
 		select {
 		case <-ctx.Done():
 			factory.Shutdown()
 			return
 		case u := <-requests:
-			d.handleReconcileRequest(ctx, client, u)
+			// Other writes to the object before the handled mark is seen offer it again.
+			if req := pendingRequest(u); handled[u.GetName()] != req {
+				d.handleReconcileRequest(ctx, client, u)
+				handled[u.GetName()] = req
+			}
 		}
 	}
 }
