@@ -34,7 +34,7 @@ type planFlags struct {
 	// which selects stages here.
 	kube    *genericclioptions.ConfigFlags
 	records string
-	output                     string
+	output  string
 }
 
 func newPlanCommand() *cobra.Command {
