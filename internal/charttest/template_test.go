@@ -5,7 +5,10 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -283,4 +286,21 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestVersionFromOnePlace: the Makefile builds the binary with the chart's appVersion, which is
+// also the image tag the chart deploys by default, and a binary so built says it.
+func TestVersionFromOnePlace(t *testing.T) {
+	root := filepath.Dir(filepath.Dir(chartDir))
+	want := chartAppVersion(t)
+	out, err := exec.Command("make", "-s", "-C", root, "version").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Equal(t, want, strings.TrimSpace(string(out)))
+
+	bin := filepath.Join(t.TempDir(), "ebb")
+	out, err = exec.Command("make", "-s", "-C", root, "build", "BIN="+bin).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	out, err = exec.Command(bin, "version", "--client").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Regexp(t, `^Client Version: `+regexp.QuoteMeta(want)+` \(`, string(out))
 }
