@@ -122,7 +122,7 @@ func TestPrometheusRule(t *testing.T) {
 
 // TestGrafanaDashboard: the dashboard ConfigMap holds valid JSON whose every query is valid
 // PromQL (checked by the real promtool, as recording rules, with Grafana's variables given
-// values) and reads only ebb's metrics.
+// values) and reads ebb's metrics.
 func TestGrafanaDashboard(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
