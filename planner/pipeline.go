@@ -68,7 +68,23 @@ type PipelineSpec struct {
 	Service string `json:"service"`
 	// Stages are rolled out in order; a later stage starts only after the earlier succeeded.
 	Stages []Stage `json:"stages"`
+	// WriteBack, when set, records a completed rollback in Git: the pipeline's files are
+	// restored to the known-good commit (internal/writeback). Default off.
+	WriteBack *WriteBack `json:"writeBack,omitempty"`
 }
+
+// WriteBack says how a rollback is written back to Git.
+type WriteBack struct {
+	// Mode is commit (push to the followed branch) or branch (push ebb/rollback/<pipeline>-<n>
+	// for a person to review).
+	Mode string `json:"mode"`
+}
+
+// Write-back modes.
+const (
+	WriteBackCommit = "commit"
+	WriteBackBranch = "branch"
+)
 
 // Input is what makes one release differ from the next besides the manifests.
 type Input struct {
@@ -197,10 +213,41 @@ type Verify struct {
 	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
 	// Metrics evaluates a Prometheus query.
 	Metrics *MetricsCheck `json:"metrics,omitempty"`
+	// Pods watches the pods of the new release while it is verified, and fails the release as
+	// soon as one of them cannot run (fail-fast). On by default.
+	Pods PodsCheck `json:"pods"`
 }
 
-// SetDefaults sets the rollout timeout.
-func (v *Verify) SetDefaults() { v.Rollout.SetDefaults() }
+// SetDefaults sets the rollout timeout and turns fail-fast on.
+func (v *Verify) SetDefaults() {
+	v.Rollout.SetDefaults()
+	v.Pods.SetDefaults()
+}
+
+// PodsCheck is fail-fast verification: while a release is verified, a pod of it that cannot
+// run fails the release at once, without waiting for the rollout's deadline. A pod cannot run
+// when a container of it is in CrashLoopBackOff, cannot pull its image (ErrImagePull,
+// ImagePullBackOff, InvalidImageName), cannot be created (CreateContainerConfigError,
+// CreateContainerError, RunContainerError), was OOMKilled, restarted more than Restarts
+// times, or when the pod waited for a node longer than Unschedulable.
+type PodsCheck struct {
+	// FailFast turns the check on. Default true.
+	FailFast bool `json:"failFast"`
+	// Restarts is how many times each container of the new release may restart: one more
+	// restart, or a CrashLoopBackOff once it restarted that many times, fails the release.
+	// Default 1, which tolerates one transient restart; 0 fails at the first.
+	Restarts int `json:"restarts"`
+	// Unschedulable is how long a pod may wait for a node (the scheduler says Unschedulable)
+	// before it fails the release. Default 2m, time for a cluster autoscaler to add a node.
+	Unschedulable Duration `json:"unschedulable"`
+}
+
+// SetDefaults turns fail-fast on, with one restart tolerated and 2m to find a node.
+func (p *PodsCheck) SetDefaults() {
+	p.FailFast = true
+	p.Restarts = 1
+	p.Unschedulable = Duration{2 * time.Minute}
+}
 
 // RolloutCheck waits for progress, observedGeneration and ready replicas.
 type RolloutCheck struct {

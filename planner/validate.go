@@ -55,6 +55,7 @@ func validateSpec(p *Pipeline, opts Options) strictyaml.ErrorList {
 	for i := range p.Spec.Stages {
 		v.stage(i, opts, seen)
 	}
+	v.writeBack()
 	return v.errs
 }
 
@@ -237,6 +238,9 @@ func (v *validator) phases(i int, s *Stage) {
 
 func (v *validator) verify(i int, s *Stage) {
 	at := fmt.Sprintf("spec.stages[%d].verify", i)
+	if s.Verify.Pods.Restarts < 0 {
+		v.errorf(at+".pods.restarts", "restarts must be 0 or more, got %d", s.Verify.Pods.Restarts)
+	}
 	if h := s.Verify.HealthCheck; h != nil {
 		if h.URL == "" {
 			v.errorf(at+".healthCheck", "missing required field \"url\" in %s.healthCheck", at)
@@ -293,4 +297,19 @@ func quoteList(names []string) string {
 		q[i] = fmt.Sprintf("%q", n)
 	}
 	return strings.Join(q, ", ")
+}
+
+// writeBack checks spec.writeBack.
+func (v *validator) writeBack() {
+	wb := v.p.Spec.WriteBack
+	if wb == nil || v.fields.Failed("spec.writeBack.mode") {
+		return
+	}
+	switch {
+	case wb.Mode == "":
+		v.errorf("spec.writeBack", "missing required field \"mode\" in spec.writeBack: %q or %q", WriteBackCommit, WriteBackBranch)
+	case wb.Mode != WriteBackCommit && wb.Mode != WriteBackBranch:
+		v.errorf("spec.writeBack.mode", "bad write-back mode %q: want %q (push to the followed branch) or %q (push a branch for review)",
+			wb.Mode, WriteBackCommit, WriteBackBranch)
+	}
 }

@@ -89,64 +89,58 @@ func withServiceSelector(svc *unstructured.Unstructured, name, release string) *
 	return s
 }
 
-// blueGreen runs the blue-green model: Deploy green, Verify green (through the preview
+// blueGreen is the blue-green model: Deploy green, Verify green (through the preview
 // Service), an approval when the stage asks, Switch traffic, Verify traffic, Retire blue.
 // The Service never selects pods that are not Ready: it moves only to a verified green, and
 // back only to a blue that still runs.
-func (e *run) blueGreen(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, rec *StageRecord) error {
-	c, err := colorsOf(d)
+type blueGreen struct{}
+
+func (blueGreen) deploy(ctx context.Context, s *stageRun) error {
+	c, err := colorsOf(s.d)
 	if err != nil {
 		return &taskError{task: TaskDeployGreen, err: err}
 	}
-	stage := d.Stage
-	if err := e.task(ctx, rec, TaskDeployGreen, false, func(ctx context.Context) error {
-		if err := e.createResources(ctx, cluster, pipeline, d, c.shared); err != nil {
+	stage := s.stage()
+	colors := append([]string{c.green.GetName()}, names(c.others)...)
+	if err := s.task(ctx, s.rec, TaskDeployGreen, false, func(ctx context.Context) error {
+		if err := s.createResources(ctx, c.shared); err != nil {
 			return err
 		}
-		return e.r.apply(ctx, cluster, pipeline, stage.Name, append([]*unstructured.Unstructured{c.green, c.preview}, c.others...))
+		return s.apply(ctx, append([]*unstructured.Unstructured{c.green, c.preview}, c.others...))
 	}); err != nil {
 		return err
 	}
-	if err := e.task(ctx, rec, TaskVerifyGreen, true, func(ctx context.Context) error {
-		// Metric thresholds judge live traffic: they run after the switch, in Verify traffic.
-		if err := e.verifyRollout(ctx, cluster, stage, append([]string{c.green.GetName()}, names(c.others)...)); err != nil {
-			return err
-		}
-		return e.healthCheck(ctx, stage, c.preview.GetName())
+	if err := s.task(ctx, s.rec, TaskVerifyGreen, true, func(ctx context.Context) error {
+		// No traffic reaches green yet: metric thresholds wait for the switch.
+		return s.verify(ctx, subject{at: atCanary, deployments: colors, objects: c.shared, service: c.preview.GetName()})
 	}); err != nil {
 		return err
 	}
-	if err := e.approvalGate(ctx, pipeline, d, rec); err != nil {
+	if err := s.promote(ctx); err != nil {
 		return err
 	}
-	if err := e.task(ctx, rec, TaskSwitchTraffic, false, func(ctx context.Context) error {
-		return e.r.apply(ctx, cluster, pipeline, stage.Name, []*unstructured.Unstructured{c.service})
+	if err := s.task(ctx, s.rec, TaskSwitchTraffic, false, func(ctx context.Context) error {
+		return s.apply(ctx, []*unstructured.Unstructured{c.service})
 	}); err != nil {
 		return err
 	}
-	if err := e.task(ctx, rec, TaskVerifyTraffic, true, func(ctx context.Context) error {
-		if err := cluster.waitEndpoints(ctx, stage.Namespace, c.service.GetName(), c.green.GetName(), stage.Verify.Rollout.Timeout.Duration); err != nil {
-			return err
-		}
-		if err := e.healthCheck(ctx, stage, c.service.GetName()); err != nil {
-			return err
-		}
-		return e.metricsCheck(ctx, stage)
+	if err := s.task(ctx, s.rec, TaskVerifyTraffic, true, func(ctx context.Context) error {
+		return s.verify(ctx, subject{at: atFull, deployments: colors, objects: c.shared, service: c.service.GetName(), live: true, switched: c.green.GetName()})
 	}); err != nil {
 		return err
 	}
-	err = e.task(ctx, rec, TaskRetireBlue, false, func(ctx context.Context) error {
+	err = s.task(ctx, s.rec, TaskRetireBlue, false, func(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(stage.RetireAfter()):
 		}
-		if err := cluster.retireColors(ctx, stage.Namespace, c.renderAs, c.release); err != nil {
+		if err := s.cluster.retireColors(ctx, stage.Namespace, c.renderAs, c.release); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, stage, c.objects())
+		return s.prune(ctx, c.objects())
 	})
-	e.deploymentEvents(ctx, cluster, []*unstructured.Unstructured{c.green}, err)
+	s.deploymentEvents(ctx, []*unstructured.Unstructured{c.green}, err)
 	return err
 }
 
@@ -155,41 +149,56 @@ func (c *colors) objects() []*unstructured.Unstructured {
 	return append(append([]*unstructured.Unstructured{c.green, c.preview, c.service}, c.shared...), c.others...)
 }
 
-// blueGreenRollback restores the known-good release of a blue-green stage. When its color
-// ("blue") still runs, that is a switch of the Service back to it, then the removal of every
-// other color: no new pods, no downtime. Otherwise the known-good release is deployed again
-// through the whole model.
-func (e *run) blueGreenRollback(ctx context.Context, cluster *Cluster, pipeline string, good *Desired, rec *StageRecord) error {
-	blue, err := colorsOf(good)
+// restore puts a blue-green stage back on its known-good release. When its color ("blue")
+// still runs, that is a switch of the Service back to it, then the removal of every other
+// color: no new pods, no downtime. Otherwise the known-good release is deployed again through
+// the whole model.
+func (blueGreen) restore(ctx context.Context, s *stageRun) error {
+	blue, err := colorsOf(s.d)
 	if err != nil {
 		return &taskError{task: TaskSwitchTraffic, err: err}
 	}
-	running, err := cluster.deploymentReady(ctx, good.Stage.Namespace, blue.green.GetName())
+	ns := s.stage().Namespace
+	running, err := s.cluster.deploymentReady(ctx, ns, blue.green.GetName())
 	if err != nil {
 		return &taskError{task: TaskSwitchTraffic, err: err}
 	}
 	if !running {
-		e.log.Info("the known-good color is gone; deploying it again", "deployment", blue.green.GetName())
-		return e.blueGreen(ctx, cluster, pipeline, good, rec)
+		s.log.Info("the known-good color is gone; deploying it again", "deployment", blue.green.GetName())
+		return blueGreen{}.deploy(ctx, s)
 	}
-	if err := e.task(ctx, rec, TaskSwitchTraffic, false, func(ctx context.Context) error {
-		return e.r.apply(ctx, cluster, pipeline, good.Stage.Name, []*unstructured.Unstructured{blue.service, blue.preview})
-	}); err != nil {
-		return err
-	}
-	if err := e.task(ctx, rec, TaskVerifyTraffic, true, func(ctx context.Context) error {
-		return cluster.waitEndpoints(ctx, good.Stage.Namespace, blue.service.GetName(), blue.green.GetName(), good.Stage.Verify.Rollout.Timeout.Duration)
-	}); err != nil {
-		return err
-	}
-	err = e.task(ctx, rec, TaskRemoveGreen, false, func(ctx context.Context) error {
-		if err := cluster.retireColors(ctx, good.Stage.Namespace, blue.renderAs, blue.release); err != nil {
+	if err := s.task(ctx, s.rec, TaskSwitchTraffic, false, func(ctx context.Context) error {
+		// The shared objects too: the failed release may have changed a ConfigMap blue reads.
+		if err := s.apply(ctx, append(append([]*unstructured.Unstructured(nil), blue.shared...), blue.service, blue.preview)); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, good.Stage, blue.objects())
+		return s.cluster.forceStatefulSetRollback(ctx, blue.shared, rolloutTimeout(s))
+	}); err != nil {
+		return err
+	}
+	if err := s.task(ctx, s.rec, TaskVerifyTraffic, true, func(ctx context.Context) error {
+		return s.verify(ctx, subject{at: atFull, deployments: []string{blue.green.GetName()}, objects: blue.shared,
+			service: blue.service.GetName(), live: true, switched: blue.green.GetName()})
+	}); err != nil {
+		return err
+	}
+	err = s.task(ctx, s.rec, TaskRemoveGreen, false, func(ctx context.Context) error {
+		if err := s.cluster.retireColors(ctx, ns, blue.renderAs, blue.release); err != nil {
+			return err
+		}
+		return s.prune(ctx, blue.objects())
 	})
-	e.deploymentEvents(ctx, cluster, []*unstructured.Unstructured{blue.green}, err)
+	s.deploymentEvents(ctx, []*unstructured.Unstructured{blue.green}, err)
 	return err
+}
+
+// discard removes the green color nobody approved; blue kept the traffic.
+func (blueGreen) discard(ctx context.Context, s *stageRun) error {
+	c, err := colorsOf(s.d)
+	if err != nil {
+		return err
+	}
+	return s.cluster.deleteDeployment(ctx, s.d.Namespace, c.green.GetName())
 }
 
 // retireColors deletes every color of deployment but keep's, and a Deployment left under the

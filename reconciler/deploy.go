@@ -60,11 +60,11 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		now := metav1.Now()
 		rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt, rec.FinishedAt = Completed, d.Hash, d.Images, &now, &now
 		rec.Message = "unchanged: already runs release " + releaseID(d.Hash) + " of commit " + short(cur.Commit)
-		return e.save(ctx)
+		return e.saveSoon(ctx)
 	}
 	now := metav1.Now()
 	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, d.Hash, d.Images, &now
-	if err := e.save(ctx); err != nil {
+	if err := e.saveSoon(ctx); err != nil {
 		return err
 	}
 
@@ -74,7 +74,7 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		if target, err = e.r.target(d.Stage.Cluster); err != nil {
 			return &taskError{task: TaskCreateResources, err: err}
 		}
-		return e.runModel(ctx, target, t, d, rec)
+		return modelOf(d.Stage).deploy(ctx, e.newStageRun(t.Name(), target, d, rec))
 	})
 	if errors.Is(err, errParked) {
 		return err
@@ -96,7 +96,7 @@ func (e *run) deployStage(ctx context.Context, t *Target, d *Desired) error {
 		}); err != nil {
 			return err
 		}
-		return e.save(ctx)
+		return e.saveSoon(ctx) // the next stage's verification, or the end, writes it
 	}
 	return e.stageFailed(ctx, t, d, rec, ledger.Status.LastKnownGood, release, err)
 }
@@ -183,35 +183,17 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 		trigger += " (" + where + " must change: it is not tried again until a commit changes it)"
 	}
 	applied := wroteCluster(rec, cause)
-	switch {
-	case !applied:
-		if err := e.setPhase(ctx, Failed, trigger+"; nothing was applied to the cluster"); err != nil {
-			return err
-		}
-	case !d.Stage.Rollback:
-		if err := e.setPhase(ctx, Failed, trigger+"; rollback is off for this stage"); err != nil {
-			return err
-		}
-	case good == nil:
-		if err := e.setPhase(ctx, Failed, trigger+"; no known-good release to roll back to (first deploy of this stage)"); err != nil {
-			return err
-		}
-	default:
+	if ok, whyNot := rollbackTo(d.Stage, good, applied); ok {
 		e.r.metrics.rollbacks.WithLabelValues(t.Name(), d.Stage.Name, reason(cause)).Inc()
 		comment := fmt.Sprintf("%s; rolling back to commit %s (image %s)", trigger, short(good.Commit), serviceImage(good.Images, t.Pipeline.Spec.Input.Image))
 		if err := e.setPhase(ctx, RollingBack, comment); err != nil {
 			return err
 		}
+	} else if err := e.setPhase(ctx, Failed, trigger+"; "+whyNot); err != nil {
+		return err
 	}
 	if err := e.r.updateLedger(ctx, t.Name(), d.Stage.Name, func(s *StageLedgerStatus) bool {
-		if class == FailureVerification || applied {
-			s.recordFailed(release)
-		}
-		if class == FailureStalled {
-			stall := release
-			stall.Stage = stageFingerprint(d.Stage)
-			s.Stalled = &stall
-		}
+		s.recordFailure(release, class, applied, d.Stage)
 		return true
 	}); err != nil {
 		return err
@@ -272,17 +254,7 @@ func unwrapTask(err error) error {
 func (e *run) approvalExpired(ctx context.Context, cluster *Cluster, d *Desired, rec *StageRecord, cause error) error {
 	rec.Status, rec.Message = Canceled, unwrapTask(cause).Error()
 	if cluster != nil && changedCluster(rec) {
-		var err error
-		switch {
-		case d.Stage.Model == planner.ModelBlueGreen:
-			var c *colors
-			if c, err = colorsOf(d); err == nil {
-				err = cluster.deleteDeployment(ctx, d.Namespace, c.green.GetName())
-			}
-		case len(d.Stage.Phases) > 0:
-			err = cluster.deletePhase1(ctx, d.Namespace, d.Deployment)
-		}
-		if err != nil {
+		if err := modelOf(d.Stage).discard(ctx, e.newStageRun(e.x.Spec.Pipeline, cluster, d, rec)); err != nil {
 			e.log.Error("remove the unapproved release", "stage", d.Stage.Name, "err", err)
 		}
 	}

@@ -17,6 +17,29 @@ type run struct {
 	r   *Reconciler
 	x   *Execution
 	log *slog.Logger
+	// resumed is set for an execution a restarted daemon continues: the tasks it completed
+	// that write to the cluster run again (applying is idempotent), so what it verifies is
+	// what the cluster runs now, not what it ran before the restart.
+	resumed bool
+	// savedAt is when the record was last written (see saveSoon).
+	savedAt time.Time
+}
+
+// saveBatch is how long changes nobody would miss wait to be written with the next ones: a
+// task that starts and ends within it is one write, not two.
+const saveBatch = 250 * time.Millisecond
+
+// saveSoon writes the record when it was last written more than saveBatch ago, and otherwise
+// leaves the change for the next write. It is for changes that a later one follows at once
+// (a task's start and end, a stage's start): a change of status, a verification starting
+// (which may last minutes) and the end of the execution are written at once (save), with
+// whatever waited. A daemon that dies in between loses only task times: a resumed execution
+// runs its tasks again.
+func (e *run) saveSoon(ctx context.Context) error {
+	if time.Since(e.savedAt) < saveBatch {
+		return nil
+	}
+	return e.save(ctx)
 }
 
 // errParked means the daemon is shutting down: the execution stays as recorded and a
@@ -34,6 +57,7 @@ func (e *run) save(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
 		err := e.saveOnce(ctx)
 		if err == nil {
+			e.savedAt = time.Now()
 			return nil
 		}
 		if apierrors.IsConflict(err) && attempt < 5 {
@@ -119,17 +143,23 @@ func (e *run) stage(name string) *StageRecord {
 }
 
 // task runs fn as task name of stage, recording it RUNNING, then COMPLETED or FAILED with the
-// error's message. A task already COMPLETED in the record (a resumed execution) is skipped,
-// unless it verifies: verification is never trusted across a restart.
+// error's message. A task already COMPLETED in the record is skipped, unless it verifies
+// (verification is never trusted across a restart) or the execution was resumed after a
+// restart and the task writes to the cluster (the cluster may have changed meanwhile: the
+// release is applied again before it is verified). A given approval is never asked again.
 func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifies bool, fn func(context.Context) error) error {
 	t := taskRecord(stage, name)
-	if t.Status == Completed && !verifies {
+	if t.Status == Completed && !verifies && (!e.resumed || name == TaskApproval) {
 		return nil
 	}
 	now := metav1.Now()
 	t.Status, t.StartedAt, t.FinishedAt, t.Message = Running, &now, nil, ""
 	e.x.Status.Stage = stage.Name
-	if err := e.save(ctx); err != nil {
+	save := e.saveSoon
+	if verifies {
+		save = e.save // a verification may take minutes: show it has begun
+	}
+	if err := save(ctx); err != nil {
 		return err
 	}
 	e.log.Info("task started", "stage", stage.Name, "task", name)
@@ -148,7 +178,7 @@ func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifie
 		t.Status = Completed
 		e.log.Info("task completed", "stage", stage.Name, "task", name, "duration", done.Sub(t.StartedAt.Time))
 	}
-	if serr := e.save(ctx); serr != nil && err == nil {
+	if serr := e.saveSoon(ctx); serr != nil && err == nil {
 		return serr
 	}
 	if err != nil {

@@ -9,6 +9,7 @@ type Metrics struct {
 	executions     *prometheus.CounterVec
 	rollbacks      *prometheus.CounterVec
 	verifyDuration *prometheus.HistogramVec
+	gateDuration   *prometheus.HistogramVec
 	timeToRollback *prometheus.HistogramVec
 	drift          *prometheus.CounterVec
 	driftChecks    *prometheus.CounterVec
@@ -24,9 +25,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ebb_rollbacks_total", Help: "Rollbacks started, by pipeline, stage and the check that failed.",
 		}, []string{"pipeline", "stage", "reason"}),
 		verifyDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "ebb_verify_duration_seconds", Help: "Time to verify a release (rollout and health check).",
+			Name: "ebb_verify_duration_seconds", Help: "Time to verify a release: every gate of one verification, in every model.",
 			Buckets: prometheus.ExponentialBuckets(0.1, 2, 14),
 		}, []string{"pipeline", "stage"}),
+		gateDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ebb_gate_duration_seconds", Help: "Time each verification gate took, by pipeline, stage, gate (rollout, pods, objects, traffic, healthCheck, metrics, approval) and result (passed, failed, error).",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+		}, []string{"pipeline", "stage", "gate", "result"}),
 		timeToRollback: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "ebb_rollback_duration_seconds", Help: "Time from a failed verification to the known-good release verified again.",
 			Buckets: prometheus.ExponentialBuckets(0.1, 2, 14),
@@ -39,7 +44,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"pipeline", "stage", "result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.executions, m.rollbacks, m.verifyDuration, m.timeToRollback, m.drift, m.driftChecks)
+		reg.MustRegister(m.executions, m.rollbacks, m.verifyDuration, m.gateDuration, m.timeToRollback, m.drift, m.driftChecks)
 	}
 	return m
 }

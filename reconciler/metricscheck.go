@@ -15,7 +15,7 @@ import (
 	promapi "github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	promconfig "github.com/prometheus/common/config"
-	"github.com/prometheus/common/model"
+	prommodel "github.com/prometheus/common/model"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -260,11 +260,11 @@ func (m MetricsCheck) query(ctx context.Context, rt http.RoundTripper) ([]promSa
 }
 
 // samplesOf reads a vector or scalar result; a matrix or string cannot be compared to bounds.
-func samplesOf(v model.Value) ([]promSample, error) {
+func samplesOf(v prommodel.Value) ([]promSample, error) {
 	switch v := v.(type) {
-	case *model.Scalar:
+	case *prommodel.Scalar:
 		return []promSample{{value: float64(v.Value)}}, nil
-	case model.Vector:
+	case prommodel.Vector:
 		out := make([]promSample, 0, len(v))
 		for _, s := range v {
 			metric := make(map[string]string, len(s.Metric))

@@ -15,7 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/prometheus/common/model"
+	prommodel "github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
@@ -161,17 +161,17 @@ func TestMetricsCheckConfig(t *testing.T) {
 func TestSamplesOf(t *testing.T) {
 	tests := []struct {
 		name    string
-		value   model.Value
+		value   prommodel.Value
 		want    []promSample
 		wantErr string
 	}{
-		{name: "scalar", value: &model.Scalar{Value: 0.5}, want: []promSample{{value: 0.5}}},
-		{name: "vector", value: model.Vector{{Metric: model.Metric{"__name__": "http_errors", "job": "web", "code": "500"}, Value: model.SampleValue(math.Inf(1))}},
+		{name: "scalar", value: &prommodel.Scalar{Value: 0.5}, want: []promSample{{value: 0.5}}},
+		{name: "vector", value: prommodel.Vector{{Metric: prommodel.Metric{"__name__": "http_errors", "job": "web", "code": "500"}, Value: prommodel.SampleValue(math.Inf(1))}},
 			want: []promSample{{value: math.Inf(1), labels: ` of http_errors{code="500", job="web"}`}}},
-		{name: "vector without a name", value: model.Vector{{Metric: model.Metric{"job": "web"}, Value: 1}},
+		{name: "vector without a name", value: prommodel.Vector{{Metric: prommodel.Metric{"job": "web"}, Value: 1}},
 			want: []promSample{{value: 1, labels: ` of {job="web"}`}}},
-		{name: "empty vector", value: model.Vector{}, want: []promSample{}},
-		{name: "matrix", value: model.Matrix{}, wantErr: "query returned a matrix; want an instant vector or a scalar"},
+		{name: "empty vector", value: prommodel.Vector{}, want: []promSample{}},
+		{name: "matrix", value: prommodel.Matrix{}, wantErr: "query returned a matrix; want an instant vector or a scalar"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -174,15 +174,24 @@ func TestBlueGreen(t *testing.T) {
 		f.waitFor("web_dev_rollback#1", Completed)
 		assert.Equal(t, map[string]string{blue: "registry.example/web:1.1"}, f.deployments())
 	})
+	t.Run("green crash-loops: removed before the switch, blue keeps serving", func(t *testing.T) {
+		f.sync(f.commit("c3b", "release 2.5", "2.5-broken"))
+		x := f.waitFor("web#4", RollbackCompleted)
+		assert.Contains(t, x.Status.Comment, `task "Verify green" failed`)
+		assert.Contains(t, x.Status.Comment, "container web CrashLoopBackOff")
+		f.waitFor("web_dev_rollback#2", Completed)
+		assert.Equal(t, map[string]string{blue: "registry.example/web:1.1"}, f.deployments())
+		assert.Equal(t, strings.TrimPrefix(blue, "web-"), f.serviceRelease(), "the Service never left blue")
+	})
 	t.Run("fails after the switch: the selector moves back to blue", func(t *testing.T) {
 		// The preview passes (only /health/web-preview is asked before the switch); the main
 		// Service fails once it selects green's pods.
 		f.stage.Verify.HealthCheck.URL = health.URL + "/health/web"
 		f.stage.BlueGreen.RetireAfter = planner.Duration{Duration: time.Minute}
 		f.sync(f.commit("c4", "release 3.0", "3.0-unhealthy"))
-		x := f.waitFor("web#4", RollbackCompleted)
+		x := f.waitFor("web#5", RollbackCompleted)
 		assert.Contains(t, x.Status.Comment, `task "Verify traffic" failed`)
-		rb := f.waitFor("web_dev_rollback#2", Completed)
+		rb := f.waitFor("web_dev_rollback#3", Completed)
 		var tasks []string
 		for _, task := range rb.Status.Stages[0].Tasks {
 			tasks = append(tasks, task.Name)

@@ -22,50 +22,62 @@ const (
 // main Deployment's pods, while the Service (which does not select on it) sends traffic to both.
 const labelPhase = "ebb.dev/phase"
 
-// phased runs a rolling update in phases: a first subset of the new release runs beside the
+// phased is the rolling model in phases: a first subset of the new release runs beside the
 // old one behind the same Service and is verified (and approved, when the stage asks), then
 // the whole Deployment is updated and the subset removed.
-func (e *run) phased(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, rec *StageRecord) error {
+type phased struct{}
+
+func (phased) deploy(ctx context.Context, s *stageRun) error {
+	d := s.d
 	resources, deployments := split(d.Objects)
 	main := find(deployments, d.Deployment)
 	if main == nil {
 		return &taskError{task: TaskDeployPhase1, err: stalled("the release has no Deployment %q to roll out in phases", d.Deployment)}
 	}
 	phase1 := phase1Deployment(main, d.Stage.Phases[0].Replicas)
-	if err := e.task(ctx, rec, TaskDeployPhase1, false, func(ctx context.Context) error {
-		if err := e.createResources(ctx, cluster, pipeline, d, resources); err != nil {
+	if err := s.task(ctx, s.rec, TaskDeployPhase1, false, func(ctx context.Context) error {
+		if err := s.createResources(ctx, resources); err != nil {
 			return err
 		}
-		return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, []*unstructured.Unstructured{phase1})
+		return s.apply(ctx, []*unstructured.Unstructured{phase1})
 	}); err != nil {
 		return err
 	}
-	if err := e.task(ctx, rec, TaskVerifyPhase1, true, func(ctx context.Context) error {
-		return e.verify(ctx, cluster, pipeline, d.Stage, []string{phase1.GetName()}, d.Service)
+	if err := s.task(ctx, s.rec, TaskVerifyPhase1, true, func(ctx context.Context) error {
+		return s.verify(ctx, subject{at: atCanary, deployments: []string{phase1.GetName()}, objects: resources, service: d.Service, live: true})
 	}); err != nil {
 		return err
 	}
-	if err := e.approvalGate(ctx, pipeline, d, rec); err != nil {
+	if err := s.promote(ctx); err != nil {
 		return err
 	}
-	if err := e.task(ctx, rec, TaskDeployRolloutPhase, false, func(ctx context.Context) error {
-		return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, deployments)
+	if err := s.task(ctx, s.rec, TaskDeployRolloutPhase, false, func(ctx context.Context) error {
+		return s.apply(ctx, deployments)
 	}); err != nil {
 		return err
 	}
-	if err := e.task(ctx, rec, TaskFinishRolloutPhase, false, func(ctx context.Context) error {
-		return cluster.deletePhase1(ctx, d.Namespace, d.Deployment)
+	if err := s.task(ctx, s.rec, TaskFinishRolloutPhase, false, func(ctx context.Context) error {
+		return s.cluster.deletePhase1(ctx, d.Namespace, d.Deployment)
 	}); err != nil {
 		return err
 	}
-	err := e.task(ctx, rec, TaskVerifyRolloutPhase, true, func(ctx context.Context) error {
-		if err := e.verify(ctx, cluster, pipeline, d.Stage, names(deployments), d.Service); err != nil {
+	err := s.task(ctx, s.rec, TaskVerifyRolloutPhase, true, func(ctx context.Context) error {
+		if err := s.verify(ctx, subject{at: atFull, deployments: names(deployments), objects: resources, service: d.Service, live: true}); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, d.Stage, d.Objects)
+		return s.prune(ctx, d.Objects)
 	})
-	e.deploymentEvents(ctx, cluster, deployments, err)
+	s.deploymentEvents(ctx, deployments, err)
 	return err
+}
+
+// restore removes the failed release's first phase and reapplies the known-good release
+// whole, as the rolling model does.
+func (phased) restore(ctx context.Context, s *stageRun) error { return rolling{}.restore(ctx, s) }
+
+// discard removes the first phase nobody approved.
+func (phased) discard(ctx context.Context, s *stageRun) error {
+	return s.cluster.deletePhase1(ctx, s.d.Namespace, s.d.Deployment)
 }
 
 // phase1Deployment is the service's Deployment renamed <name>-phase1, scaled to replicas,

@@ -384,6 +384,9 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			return err
 		}
 		d = decide(t, ledgers)
+		if err := r.recordWriteBack(ctx, t, d); err != nil { // decide.go
+			return err
+		}
 		if !d.deploy {
 			log.Debug("nothing to run", "reason", d.reason)
 			if x != nil {
@@ -414,7 +417,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 		x.Status.Comment = comment
 	}
-	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName)}
+	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName), resumed: resuming}
 	if err := rr.deploy(ctx, t, d); err != nil {
 		return err
 	}

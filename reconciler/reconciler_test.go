@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -45,8 +46,15 @@ type fixture struct {
 	targets map[string]*Target
 	stage   *planner.Stage
 	runCtx  context.Context
+	// stop shuts the reconciler down, as a daemon that stops.
+	stop func()
 	// badHash is the hash of the release a benchmark expects to fail.
 	badHash string
+	// deadline is the Deployment's progressDeadlineSeconds; default 2.
+	deadline int
+	// podSpec is added to the pod template's spec (a YAML flow mapping's entries), and extra
+	// to the release (YAML list items).
+	podSpec, extra string
 }
 
 func newFixture(t testing.TB, rollback bool) *fixture {
@@ -67,7 +75,7 @@ func newFixture(t testing.TB, rollback bool) *fixture {
 	f := &fixture{
 		t: t, cs: cs, ns: "app-" + records.Name, records: records.Name, targets: map[string]*Target{},
 		stage: &planner.Stage{Name: "dev", Cluster: "dev", Namespace: "app-" + records.Name, Model: planner.ModelRolling, Rollback: rollback, SelfHeal: true,
-			Verify: planner.Verify{Rollout: planner.RolloutCheck{Timeout: planner.Duration{Duration: 30 * time.Second}}}},
+			Verify: planner.Verify{Rollout: planner.RolloutCheck{Timeout: planner.Duration{Duration: 30 * time.Second}}, Pods: defaultPods()}},
 	}
 	f.r = New(Options{
 		Namespace: records.Name, Records: dyn, Events: cs,
@@ -82,9 +90,17 @@ func newFixture(t testing.TB, rollback bool) *fixture {
 	})
 	runCtx, cancel := context.WithCancel(ctx)
 	require.NoError(t, f.r.Resume(runCtx))
-	t.Cleanup(func() { cancel(); f.r.Wait() })
+	f.stop = func() { cancel(); f.r.Wait() }
+	t.Cleanup(f.stop)
 	f.runCtx = runCtx
 	return f
+}
+
+// defaultPods is verify.pods as a pipeline gets it when it does not say.
+func defaultPods() planner.PodsCheck {
+	var p planner.PodsCheck
+	p.SetDefaults()
+	return p
 }
 
 type testWriter struct{ t testing.TB }
@@ -112,13 +128,12 @@ func (f *fixture) commit(sha, message, tag string) *Target {
   metadata: {name: web, namespace: %[1]s}
   spec:
     replicas: 3
-    progressDeadlineSeconds: 2
+    progressDeadlineSeconds: %[3]d
     selector: {matchLabels: {app: web}}
     template:
       metadata: {labels: {app: web}}
-      spec:
-        containers: [{name: web, image: "registry.example/web:%[2]s"}]
-`, f.ns, tag)
+      spec: {%[4]s containers: [{name: web, image: "registry.example/web:%[2]s"}]}
+%[5]s`, f.ns, tag, cmp.Or(f.deadline, 2), f.podSpec, f.extra)
 	var raw []map[string]any
 	require.NoError(f.t, yaml.Unmarshal([]byte(manifest), &raw))
 	objs := make([]*unstructured.Unstructured, len(raw))
@@ -193,6 +208,7 @@ func (f *fixture) executions() []Execution {
 
 func TestRollbackToLastKnownGood(t *testing.T) {
 	f := newFixture(t, true)
+	f.deadline = 600 // Kubernetes' default: fail-fast finds the failure, not the deadline
 
 	f.sync(f.commit("c1", "release 1.0", "1.0"))
 	x := f.waitFor("web#1", Completed)
@@ -206,7 +222,8 @@ func TestRollbackToLastKnownGood(t *testing.T) {
 	for _, comment := range []string{parent.Status.Comment, rb.Status.Comment} {
 		assert.Contains(t, comment, "stage dev")
 		assert.Contains(t, comment, `task "Verify deployment"`)
-		assert.Contains(t, comment, "ProgressDeadlineExceeded")
+		assert.Contains(t, comment, "pods: Deployment "+f.ns+"/web: pod web-")
+		assert.Contains(t, comment, "container web CrashLoopBackOff: back-off restarting failed container")
 		assert.Contains(t, comment, "commit c2")
 		assert.Contains(t, comment, "rolling back to commit c1 (image registry.example/web:1.0)")
 	}

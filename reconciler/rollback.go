@@ -7,8 +7,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"ebb.dev/ebb/planner"
 )
 
 // rollback runs the rollback execution <pipeline>_<stage>_rollback#<n> for the parent run e:
@@ -24,7 +22,7 @@ func (e *run) rollback(ctx context.Context, failed *Target, stage string, good R
 	}
 	// The rollback logs under its own name, with the commit and execution that failed.
 	rr := &run{r: e.r, x: rb, log: e.r.log.With("pipeline", failed.Name(), "commit", short(failed.Commit.SHA),
-		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName)}
+		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName), resumed: e.resumed}
 	if !rb.Status.Phase.Terminal() {
 		err = rr.restore(ctx, failed.Name(), stage, good)
 		if errors.Is(err, errParked) {
@@ -88,12 +86,12 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 	rec := e.stage(stageName)
 	now := metav1.Now()
 	rec.Status, rec.ReleaseHash, rec.Images, rec.StartedAt = Running, good.Hash, good.Images, &now
-	if err := e.save(ctx); err != nil {
+	if err := e.saveSoon(ctx); err != nil {
 		return err
 	}
 	// A cluster that does not answer is waited for: a rollback never fails for it.
 	err = e.untilClusterAnswers(ctx, stageName, func(ctx context.Context) error {
-		return e.restoreModel(ctx, cluster, pipeline, d, rec)
+		return modelOf(d.Stage).restore(ctx, e.newStageRun(pipeline, cluster, d, rec))
 	})
 	if errors.Is(err, errParked) {
 		return err
@@ -105,14 +103,9 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 		return err
 	}
 	rec.Status = Completed
-	if d.Hash != good.Hash {
-		rec.Message = fmt.Sprintf("commit %s now renders release %s, not %s: the daemon's configuration changed since", short(good.Commit), releaseID(d.Hash), releaseID(good.Hash))
-	}
-	restored := good
-	restored.RestoredBy = e.x.Spec.DisplayName
-	restored.At = &done
+	rec.Message = joinNonEmpty(rec.Message, restoredNote(good, d.Hash))
 	return e.r.updateLedger(ctx, pipeline, stageName, func(s *StageLedgerStatus) bool {
-		s.Current = &restored
+		s.recordRestored(good, e.x.Spec.DisplayName, &done)
 		return true
 	})
 }
@@ -141,17 +134,4 @@ func (e *run) resumeRollback(ctx context.Context, t *Target) error {
 		return e.setPhase(ctx, RollbackFailed, e.x.Status.Comment+"; no known-good release found on resume")
 	}
 	return e.rollback(ctx, t, stage, *good)
-}
-
-// restoreModel puts a stage back on its known-good release d, the way its model allows: a
-// blue-green stage switches back to blue; a rolling stage reapplies the release, after
-// removing a first phase of the failed one.
-func (e *run) restoreModel(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, rec *StageRecord) error {
-	if d.Stage.Model == planner.ModelBlueGreen {
-		return e.blueGreenRollback(ctx, cluster, pipeline, d, rec)
-	}
-	if err := cluster.deletePhase1(ctx, d.Namespace, d.Deployment); err != nil {
-		return &taskError{task: TaskUpdateDeployment, err: err}
-	}
-	return e.rolling(ctx, cluster, pipeline, d, rec)
 }

@@ -4,68 +4,82 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-
-	"ebb.dev/ebb/planner"
 )
 
-// runModel runs the tasks of the stage's deployment model.
-func (e *run) runModel(ctx context.Context, cluster *Cluster, t *Target, d *Desired, rec *StageRecord) error {
-	switch {
-	case d.Stage.Model == planner.ModelBlueGreen:
-		return e.blueGreen(ctx, cluster, t.Name(), d, rec)
-	case len(d.Stage.Phases) > 0:
-		return e.phased(ctx, cluster, t.Name(), d, rec)
-	default:
-		if err := e.approvalGate(ctx, t.Name(), d, rec); err != nil {
-			return err
-		}
-		return e.rolling(ctx, cluster, t.Name(), d, rec)
+// rolling is the rolling model: after an approval when the stage asks for one, Create
+// namespace/secret/service, Update deployment (the Deployment controller replaces the pods),
+// Verify deployment (every gate, then pruning what the release no longer has).
+type rolling struct{}
+
+func (rolling) deploy(ctx context.Context, s *stageRun) error {
+	if err := s.promote(ctx); err != nil {
+		return err
 	}
+	return s.rollOut(ctx)
 }
 
-// rolling runs the rolling model: Create namespace/secret/service, Update deployment, Verify
-// deployment. Rollbacks of rolling and phased stages run the same tasks with the known-good
-// release.
-func (e *run) rolling(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, rec *StageRecord) error {
-	resources, deployments := split(d.Objects)
-	if err := e.task(ctx, rec, TaskCreateResources, false, func(ctx context.Context) error {
-		return e.createResources(ctx, cluster, pipeline, d, resources)
-	}); err != nil {
-		return err
+// restore reapplies the known-good release with the same tasks, after removing a first phase
+// the failed release may have left (the stage may have been phased then).
+func (rolling) restore(ctx context.Context, s *stageRun) error {
+	if err := s.cluster.deletePhase1(ctx, s.d.Namespace, s.d.Deployment); err != nil {
+		return &taskError{task: TaskUpdateDeployment, err: err}
 	}
-	if err := e.task(ctx, rec, TaskUpdateDeployment, false, func(ctx context.Context) error {
-		return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, deployments)
-	}); err != nil {
-		return err
-	}
-	err := e.task(ctx, rec, TaskVerifyDeployment, true, func(ctx context.Context) error {
-		if err := e.verify(ctx, cluster, pipeline, d.Stage, names(deployments), d.Service); err != nil {
+	return s.rollOut(ctx)
+}
+
+// discard has nothing to remove: the approval comes before anything is applied.
+func (rolling) discard(context.Context, *stageRun) error { return nil }
+
+// rollOut applies the whole release and verifies it as it takes all the traffic.
+func (s *stageRun) rollOut(ctx context.Context) error {
+	resources, deployments := split(s.d.Objects)
+	if err := s.task(ctx, s.rec, TaskCreateResources, false, func(ctx context.Context) error {
+		if err := s.createResources(ctx, resources); err != nil {
 			return err
 		}
-		return e.prune(ctx, cluster, pipeline, d.Stage, d.Objects)
+		if s.rollback() {
+			return s.cluster.forceStatefulSetRollback(ctx, resources, rolloutTimeout(s))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := s.task(ctx, s.rec, TaskUpdateDeployment, false, func(ctx context.Context) error {
+		return s.apply(ctx, deployments)
+	}); err != nil {
+		return err
+	}
+	err := s.task(ctx, s.rec, TaskVerifyDeployment, true, func(ctx context.Context) error {
+		if err := s.verify(ctx, subject{at: atFull, deployments: names(deployments), objects: resources, service: s.d.Service, live: true}); err != nil {
+			return err
+		}
+		return s.prune(ctx, s.d.Objects)
 	})
-	e.deploymentEvents(ctx, cluster, deployments, err)
+	s.deploymentEvents(ctx, deployments, err)
 	return err
+}
+
+// apply applies objs to the stage's cluster, adding them to its inventory first.
+func (s *stageRun) apply(ctx context.Context, objs []*unstructured.Unstructured) error {
+	return s.r.apply(ctx, s.cluster, s.pipeline, s.stage().Name, objs)
 }
 
 // createResources makes sure the stage's namespace exists and applies the objects the
 // Deployments need: namespace, secrets, service, config.
-func (e *run) createResources(ctx context.Context, cluster *Cluster, pipeline string, d *Desired, resources []*unstructured.Unstructured) error {
-	if !hasNamespace(resources, d.Namespace) {
-		if err := cluster.EnsureNamespace(ctx, d.Namespace); err != nil {
+func (s *stageRun) createResources(ctx context.Context, resources []*unstructured.Unstructured) error {
+	if !hasNamespace(resources, s.d.Namespace) {
+		if err := s.cluster.EnsureNamespace(ctx, s.d.Namespace); err != nil {
 			return err
 		}
 	}
-	return e.r.apply(ctx, cluster, pipeline, d.Stage.Name, resources)
+	return s.apply(ctx, resources)
 }
 
 // prune deletes what the stage's inventory holds beyond keep, the release it now runs.
-func (e *run) prune(ctx context.Context, cluster *Cluster, pipeline string, stage *planner.Stage, keep []*unstructured.Unstructured) error {
-	deleted, err := e.r.prune(ctx, cluster, pipeline, stage.Name, keep)
+func (s *stageRun) prune(ctx context.Context, keep []*unstructured.Unstructured) error {
+	deleted, err := s.r.prune(ctx, s.cluster, s.pipeline, s.stage().Name, keep)
 	var pruned []string
 	for _, d := range deleted {
 		if d.Exists {
@@ -73,57 +87,15 @@ func (e *run) prune(ctx context.Context, cluster *Cluster, pipeline string, stag
 		}
 	}
 	if len(pruned) > 0 {
-		e.log.Info("pruned objects no longer in the release", "stage", stage.Name, "objects", pruned)
+		s.log.Info("pruned objects no longer in the release", "stage", s.stage().Name, "objects", pruned)
 	}
 	return err
 }
 
-// verify checks a deployed release: every named Deployment rolls out, then the stage's health
-// check passes (with "{service}" naming service), then its metric thresholds hold.
-func (e *run) verify(ctx context.Context, cluster *Cluster, pipeline string, stage *planner.Stage, deployments []string, service string) error {
-	start := time.Now()
-	defer func() {
-		e.r.metrics.verifyDuration.WithLabelValues(pipeline, stage.Name).Observe(time.Since(start).Seconds())
-	}()
-	if err := e.verifyRollout(ctx, cluster, stage, deployments); err != nil {
-		return err
-	}
-	if err := e.healthCheck(ctx, stage, service); err != nil {
-		return err
-	}
-	return e.metricsCheck(ctx, stage)
-}
-
-// verifyRollout waits for each Deployment (in the stage's namespace) to roll out.
-func (e *run) verifyRollout(ctx context.Context, cluster *Cluster, stage *planner.Stage, deployments []string) error {
-	timeout := stage.Verify.Rollout.Timeout.Duration
-	if timeout <= 0 {
-		timeout = 5 * time.Minute
-	}
-	for _, name := range deployments {
-		if err := cluster.WaitRollout(ctx, stage.Namespace, name, timeout); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// healthCheck runs the stage's health check, if any, against service.
-func (e *run) healthCheck(ctx context.Context, stage *planner.Stage, service string) error {
-	hc := stage.Verify.HealthCheck
-	if hc == nil {
-		return nil
-	}
-	check := HealthCheck{
-		URL:      strings.ReplaceAll(hc.URL, "{service}", service),
-		Interval: hc.Interval.Duration, Successes: hc.Successes, Failures: hc.Failures, Timeout: hc.Timeout.Duration,
-	}
-	return check.Run(ctx, e.r.opts.HTTPClient)
-}
-
 // deploymentEvents records on each Deployment of the release what this run did to it: a
 // verified release, a failed one, or a rollback.
-func (e *run) deploymentEvents(ctx context.Context, target *Cluster, deployments []*unstructured.Unstructured, err error) {
+func (s *stageRun) deploymentEvents(ctx context.Context, deployments []*unstructured.Unstructured, err error) {
+	e, target := s.run, s.cluster
 	if errors.Is(err, errParked) {
 		return
 	}

@@ -234,61 +234,6 @@ type ReleaseRecord struct {
 // ledgerHistory bounds the verified and failed lists.
 const ledgerHistory = 20
 
-// verified returns the verified release with hash, if any.
-func (s *StageLedgerStatus) verified(hash string) *ReleaseRecord {
-	for i := range s.Verified {
-		if s.Verified[i].Hash == hash {
-			return &s.Verified[i]
-		}
-	}
-	return nil
-}
-
-// failed returns the quarantined release with hash, if any.
-func (s *StageLedgerStatus) failed(hash string) *ReleaseRecord {
-	for i := range s.Failed {
-		if s.Failed[i].Hash == hash {
-			return &s.Failed[i]
-		}
-	}
-	return nil
-}
-
-// recordVerified makes r the current and last known-good release, and remembers it.
-func (s *StageLedgerStatus) recordVerified(r ReleaseRecord) {
-	s.Current = &r
-	good := r
-	good.RestoredBy = ""
-	s.LastKnownGood = &good
-	s.Verified = prepend(s.Verified, good)
-	// A release that passes now is no longer quarantined, and the stage no longer stalled.
-	s.Failed = remove(s.Failed, r.Hash)
-	s.Stalled = nil
-}
-
-// recordFailed quarantines r.
-func (s *StageLedgerStatus) recordFailed(r ReleaseRecord) {
-	s.Failed = prepend(s.Failed, r)
-}
-
-func prepend(list []ReleaseRecord, r ReleaseRecord) []ReleaseRecord {
-	list = append([]ReleaseRecord{r}, remove(list, r.Hash)...)
-	if len(list) > ledgerHistory {
-		list = list[:ledgerHistory]
-	}
-	return list
-}
-
-func remove(list []ReleaseRecord, hash string) []ReleaseRecord {
-	out := list[:0:0]
-	for _, r := range list {
-		if r.Hash != hash {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // DisplayName is how people name execution n of pipeline: <pipeline>#<n>.
 func DisplayName(pipeline string, n int) string { return pipeline + "#" + strconv.Itoa(n) }
 

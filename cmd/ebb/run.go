@@ -25,6 +25,8 @@ type runFlags struct {
 	repo, branch, tag, path string
 	interval, resync        time.Duration
 	retryBackoff            time.Duration
+	kubeQPS                 float32
+	kubeBurst               int
 	configFile, listen      string
 	kube                    recordFlags
 	cacheDir, credsDir      string
@@ -58,6 +60,8 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.StringVar(&f.path, "path", "", "directory inside the repository that holds the pipelines and manifests")
 	fl.DurationVar(&f.interval, "interval", 30*time.Second, "time between polls when no webhook or local watch triggers one")
 	fl.DurationVar(&f.resync, "resync", time.Minute, "time between drift checks of every pipeline")
+	fl.Float32Var(&f.kubeQPS, "kube-qps", daemon.DefaultKubeQPS, "requests a second each Kubernetes client may send (one per cluster, and one for the records), sustained")
+	fl.IntVar(&f.kubeBurst, "kube-burst", daemon.DefaultKubeBurst, "requests each Kubernetes client may send in a burst above --kube-qps")
 	fl.DurationVar(&f.retryBackoff, "retry-backoff", 30*time.Second, "first wait before trying again after a cluster could not answer (unreachable, overloaded, forbidden); it doubles with each attempt, up to 1h")
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters stages deploy to")
 	fl.StringVar(&f.listen, "listen", ":8080", "address serving /metrics, /healthz, /readyz and /webhook; empty to serve nothing")
@@ -124,6 +128,7 @@ func runDaemon(ctx context.Context, f runFlags) error {
 	err = daemon.Run(ctx, daemon.Options{
 		Source: src, Config: cfg, Home: home, Namespace: ns, Listen: f.listen,
 		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,
+		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst,
 		LeaderElection: f.leaderElect, Identity: f.identity,
 		Logger: logger,
 	})

@@ -55,7 +55,7 @@ func TestInstallAndRollbackWithChartRBAC(t *testing.T) {
 
 	bad := in.commit(d, "release 2.0, broken, with a ConfigMap", pipelineFiles("story", "2.0-broken", true, stage))
 	x := in.waitExecution("story", bad, reconciler.RollbackCompleted)
-	assert.Contains(t, x.Status.Comment, "ProgressDeadlineExceeded")
+	assert.Contains(t, x.Status.Comment, "CrashLoopBackOff", "fail-fast, with the RBAC the chart grants")
 	rb, err := in.store.GetExecution(ctx, reconciler.ObjectName("story_dev_rollback#1"))
 	require.NoError(t, err)
 	assert.Equal(t, reconciler.Completed, rb.Status.Phase)

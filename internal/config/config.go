@@ -34,6 +34,10 @@ type Config struct {
 	AllowRemoteBases bool `json:"allowRemoteBases"`
 	// Limits bound what the planner reads from Git and how long a render may take.
 	Limits Limits `json:"limits"`
+	// Notifications are the receivers told of execution statuses (notifications.go).
+	Notifications []Notification `json:"notifications"`
+	// WriteBack configures the commits written to Git after a rollback.
+	WriteBack WriteBack `json:"writeBack"`
 }
 
 // Cluster is one endpoint. Exactly one of InCluster, Kubeconfig and KubeconfigSecret is set.
@@ -99,6 +103,7 @@ func (c *Config) validate(file string, fields *strictyaml.Fields) strictyaml.Err
 		errorf("kind", "kind must be %q, got %q", Kind, c.Kind)
 	}
 	c.Limits.validate(errorf, fields)
+	c.validateNotifications(errorf, fields)
 	seen := map[string]bool{}
 	for i, cl := range c.Clusters {
 		at := fmt.Sprintf("clusters[%d]", i)

@@ -20,6 +20,9 @@ type clusters struct {
 	home   *rest.Config
 	homeCS kubernetes.Interface
 	kube   *kubeRequests
+	// qps and burst limit each cluster's client (Options.KubeQPS, KubeBurst).
+	qps   float32
+	burst int
 
 	mu       sync.Mutex
 	resolved map[string]*reconciler.Cluster
@@ -43,6 +46,9 @@ func (c *clusters) get(name string) (*reconciler.Cluster, error) {
 	restCfg, err := c.restConfig(entry)
 	if err != nil {
 		return nil, err
+	}
+	if c.qps > 0 {
+		restCfg.QPS, restCfg.Burst = c.qps, c.burst
 	}
 	cl, err := reconciler.NewCluster(name, c.kube.instrument(restCfg, name))
 	if err != nil {

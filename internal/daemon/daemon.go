@@ -49,6 +49,11 @@ type Options struct {
 	// Resync is how often every pipeline's current target is reconciled again, to find drift,
 	// when no commit arrives.
 	Resync time.Duration
+	// KubeQPS and KubeBurst limit the requests of each Kubernetes client the daemon has (one
+	// per cluster, and one for its records): a sustained rate and a burst. Default 100 and
+	// 200 (client-go's own default of 5 cannot record hundreds of executions).
+	KubeQPS   float32
+	KubeBurst int
 	// RetryBackoff is the first wait before work that failed because a cluster could not
 	// answer is tried again; it grows up to an hour. Default (zero) is the reconciler's, 30s.
 	RetryBackoff time.Duration
@@ -60,6 +65,12 @@ type Options struct {
 	// Logger receives every log line.
 	Logger *slog.Logger
 }
+
+// The default client rate limits, per cluster.
+const (
+	DefaultKubeQPS   = 100
+	DefaultKubeBurst = 200
+)
 
 // Daemon is a running ebb.
 type Daemon struct {
@@ -127,9 +138,14 @@ func newDaemon(opts Options) (*Daemon, error) {
 
 	kube := newKubeRequests(reg)
 	opts.Home = kube.instrument(opts.Home, "home")
+	if opts.KubeQPS <= 0 {
+		opts.KubeQPS = DefaultKubeQPS
+	}
+	if opts.KubeBurst <= 0 {
+		opts.KubeBurst = DefaultKubeBurst
+	}
 	if opts.Home.QPS == 0 {
-		// client-go's default of 5 requests a second cannot record hundreds of executions.
-		opts.Home.QPS, opts.Home.Burst = 100, 200
+		opts.Home.QPS, opts.Home.Burst = opts.KubeQPS, opts.KubeBurst
 	}
 
 	srcOpts := opts.Source
@@ -147,6 +163,7 @@ func newDaemon(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	clusters := newClusters(opts.Config, opts.Home, events, kube)
+	clusters.qps, clusters.burst = opts.KubeQPS, opts.KubeBurst
 	d := &Daemon{
 		opts: opts, log: log, source: source, reg: reg, kube: kube,
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
@@ -172,6 +189,8 @@ func (d *Daemon) lead(ctx context.Context) error {
 		d.log.Warn("read records for the pipeline status; trying again later", "err", err)
 	}
 	go d.status.run(ctx)
+	// Notifications and write-back follow the execution records (closeloop.go).
+	go d.closeLoop(ctx)
 	if err := d.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}

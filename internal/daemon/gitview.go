@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"path"
 	"strings"
@@ -137,4 +138,19 @@ func (v *gitView) pipeline(name, file string) *gitPipeline {
 		v.pipelines[key] = gp
 	}
 	return gp
+}
+
+// signature is what the pipeline is in Git, leaving out the commit: two commits with the same
+// signature plan the pipeline the same way.
+func (gp *gitPipeline) signature() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\x00%s\x00%v\x00%s\x00", gp.name, gp.file, gp.enabled != nil && *gp.enabled, gp.reason)
+	for _, st := range gp.stages {
+		fmt.Fprintf(&b, "stage %s %s %s=%s\x00", st.Name, st.Cluster, st.Namespace, gp.planned[st.Name])
+	}
+	for _, e := range gp.errs {
+		b.WriteString(e.Error())
+		b.WriteByte(0)
+	}
+	return b.String()
 }

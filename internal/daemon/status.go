@@ -46,6 +46,16 @@ type statusWriter struct {
 	dirty    map[string]bool                               // object names to compute again
 	all      bool                                          // compute every pipeline again
 	fresh    map[string]bool                               // records written while they were being read
+	// planned remembers, by object name, what the pipeline looked like in Git (its file, its
+	// planned releases, its errors) and the commit that made it so: a commit that changes
+	// none of that (a README) moves no Pipeline's LastPlannedCommit, and writes nothing.
+	planned map[string]plannedAt
+}
+
+// plannedAt is a pipeline as planned, and the commit from which it has been so.
+type plannedAt struct {
+	sig    string
+	commit *reconciler.CommitRef
 }
 
 func newStatusWriter(store *reconciler.Store, events kubernetes.Interface, log *slog.Logger) *statusWriter {
@@ -323,13 +333,11 @@ func (s *statusWriter) desired(key string, have *reconciler.Pipeline) *reconcile
 			want.Spec.Enabled = *gp.enabled
 		}
 		st.RemovedFromGit = nil
-		if st.LastPlannedCommit == nil || st.LastPlannedCommit.SHA != v.commit {
-			st.LastPlannedCommit = reconciler.NewCommitRef(v.commit, v.at)
-		}
+		st.LastPlannedCommit = s.plannedCommit(key, gp, st.LastPlannedCommit)
 		if gp.stages != nil {
 			stages = gp.stages
 		}
-		st.LastError = lastError(gp, v.commit)
+		st.LastError = lastError(gp, st.LastPlannedCommit.SHA)
 	} else {
 		if st.RemovedFromGit == nil {
 			st.RemovedFromGit = reconciler.NewCommitRef(v.commit, v.at)
@@ -337,12 +345,34 @@ func (s *statusWriter) desired(key string, have *reconciler.Pipeline) *reconcile
 		st.LastError = nil
 	}
 	st.Stages = s.withLedgers(want.Spec.Pipeline, stages)
+	commit := v.commit
+	if gp != nil && st.LastPlannedCommit != nil {
+		commit = st.LastPlannedCommit.SHA
+	}
 	facts := pipelineFacts{
-		name: want.Spec.Pipeline, file: want.Spec.File, enabled: want.Spec.Enabled, commit: v.commit,
+		name: want.Spec.Pipeline, file: want.Spec.File, enabled: want.Spec.Enabled, commit: commit,
 		git: gp, removed: st.RemovedFromGit, stages: st.Stages, newest: s.newest[want.Spec.Pipeline],
 	}
 	facts.conditions().Apply(&st.Conditions, want.Generation)
 	return want
+}
+
+// plannedCommit returns the commit from which pipeline key has looked in Git as it does in
+// the view (file, enabled, stages, planned releases, errors): the view's commit when any of
+// that changed, else the one recorded before (have, when the daemon planned nothing since it
+// started and have says the same). Called with s.mu held.
+func (s *statusWriter) plannedCommit(key string, gp *gitPipeline, have *reconciler.CommitRef) *reconciler.CommitRef {
+	v := s.view
+	sig := gp.signature()
+	if s.planned == nil {
+		s.planned = map[string]plannedAt{}
+	}
+	if p, ok := s.planned[key]; ok && p.sig == sig {
+		return p.commit
+	}
+	ref := reconciler.NewCommitRef(v.commit, v.at)
+	s.planned[key] = plannedAt{sig: sig, commit: ref}
+	return ref
 }
 
 // withLedgers returns stages (or, when none are known, the stages that have a ledger) with

@@ -197,6 +197,39 @@ func (e *env) writes() float64 {
 	return n
 }
 
+// pipelineWrites counts the daemon's writes of Pipeline objects.
+func (e *env) pipelineWrites() float64 {
+	e.t.Helper()
+	families, err := e.d.reg.Gather()
+	require.NoError(e.t, err)
+	n := 0.0
+	for _, f := range families {
+		if f.GetName() != "ebb_kube_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["resource"] == "pipelines" && labels["verb"] != "GET" {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
+// waitPlanned waits until the daemon planned commit.
+func (e *env) waitPlanned(commit string) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		e.d.status.mu.Lock()
+		defer e.d.status.mu.Unlock()
+		return e.d.status.view != nil && e.d.status.view.commit == commit
+	}, 30*time.Second, 20*time.Millisecond, "the daemon did not plan commit %s", commit)
+}
+
 // commit commits files and removes paths in the repository the daemon follows.
 func (e *env) commit(message string, files map[string]string, remove ...string) string {
 	e.t.Helper()
@@ -293,6 +326,19 @@ func TestPipelineStatus(t *testing.T) {
 		assert.Positive(t, before, "the counter counts the daemon's writes")
 	})
 
+	t.Run("a commit that changes no pipeline writes no Pipeline", func(t *testing.T) {
+		require.Eventually(t, e.d.rec.Idle, 30*time.Second, 50*time.Millisecond)
+		require.NoError(t, e.d.status.refresh(context.Background()))
+		before := e.pipelineWrites()
+		readme := e.commit("a README", map[string]string{"README.md": "nothing to deploy\n"})
+		e.waitPlanned(readme)
+		require.Eventually(t, e.d.rec.Idle, 30*time.Second, 50*time.Millisecond)
+		require.NoError(t, e.d.status.refresh(context.Background()))
+		assert.Equal(t, before, e.pipelineWrites(), "Pipeline objects written for a commit that changes none")
+		p := e.pipeline("web", ready(metav1.ConditionTrue, "Succeeded"))
+		assert.Equal(t, first, p.Status.LastPlannedCommit.SHA, "the commit that planned web as it is")
+	})
+
 	t.Run("good before, broken now", func(t *testing.T) {
 		e.commit("break web", map[string]string{"pipelines/web.yaml": web + "  strategy: fast\n"})
 		p := e.pipeline("web", ready(metav1.ConditionFalse, "InvalidPipeline"))
@@ -328,8 +374,8 @@ func TestPipelineStatus(t *testing.T) {
 		assert.NotEmpty(t, l.ResourceVersion)
 
 		// A later commit and a resync change nothing: one Event, the same commit.
-		e.commit("unrelated", map[string]string{"README.md": "hello\n"})
-		e.pipeline("api", func(p *reconciler.Pipeline) bool { return p.Status.LastPlannedCommit.SHA != removed })
+		readme := e.commit("unrelated", map[string]string{"README.md": "hello\n"})
+		e.waitPlanned(readme)
 		require.Eventually(t, e.d.rec.Idle, 30*time.Second, 50*time.Millisecond)
 		e.d.status.touchAll()
 		require.NoError(t, e.d.status.refresh(context.Background()))

@@ -212,7 +212,8 @@ func Describe(x *reconciler.Execution) string {
 
 // AppFiles returns the manifests of a small web app under apps/<name>/ in a repository: a
 // kustomization with a Namespace, a Service and a Deployment of replicas pods of image
-// registry.example/<name>, whose rollout fails after 3s without progress. extra names more
+// registry.example/<name>, with Kubernetes' default progress deadline (600s): a release whose
+// pods cannot run fails by fail-fast, as users' releases do. extra names more
 // resource files of the kustomization, which the caller adds.
 func AppFiles(name string, replicas int, extra ...string) map[string]string {
 	dir := "apps/" + name + "/"
@@ -232,7 +233,6 @@ kind: Deployment
 metadata: {name: web}
 spec:
   replicas: %d
-  progressDeadlineSeconds: 3
   selector: {matchLabels: {app: web}}
   template:
     metadata: {labels: {app: web}}

@@ -38,7 +38,7 @@ func BenchmarkDriftResync200(b *testing.B) {
 	for i := range pipelines {
 		name := fmt.Sprintf("drift%03d", i)
 		require.NoError(b, e.repo.WriteFiles(map[string]string{
-			"pipelines/" + name + ".yaml": pipelineFile(name, "apps/drift", podinfo, podinfo.tag, "rolling", ""),
+			"pipelines/" + name + ".yaml": pipelineFile(name, "apps/drift", podinfo, podinfo.tag, "rolling", "", ""),
 		}))
 		b.Cleanup(func() {
 			deleteNamespace(b, e.devCS, name+"-dev")

@@ -70,8 +70,9 @@ type env struct {
 
 	// model is the stages' deployment model; default rolling.
 	model string
-	// devHealth, when set, is the dev stage's verify.healthCheck, as a YAML flow mapping.
-	devHealth string
+	// devHealth and prodHealth, when set, are the stages' verify.healthCheck, as YAML flow
+	// mappings.
+	devHealth, prodHealth string
 }
 
 type envOptions struct {
@@ -164,13 +165,13 @@ func (e *env) appDir() string { return filepath.Join(e.repo.Dir, "apps", e.name)
 // after the app's Namespace or Service; these are named after the pipeline, so that tests of
 // the same app run side by side.
 func (e *env) pipeline(tag string) string {
-	return pipelineFile(e.name, "apps/"+e.name, e.app, tag, e.model, e.devHealth)
+	return pipelineFile(e.name, "apps/"+e.name, e.app, tag, e.model, e.devHealth, e.prodHealth)
 }
 
 // pipelineFile is the pipeline `ebb new` writes for app a in directory manifests, named name,
 // enabled, with stages dev (namespace <name>-dev, verified also by devHealth when set) and prod
-// (namespace <name>) of model.
-func pipelineFile(name, manifests string, a app, tag, model, devHealth string) string {
+// (namespace <name>, prodHealth) of model.
+func pipelineFile(name, manifests string, a app, tag, model, devHealth, prodHealth string) string {
 	stage := func(stage, ns, health string) string {
 		s := fmt.Sprintf(`  - name: %s
     cluster: %s
@@ -196,7 +197,7 @@ spec:
   manifests: %s
   service: %s
   stages:
-`, name, a.image, tag, manifests, a.service) + stage("dev", name+"-dev", devHealth) + stage("prod", name, "")
+`, name, a.image, tag, manifests, a.service) + stage("dev", name+"-dev", devHealth) + stage("prod", name, prodHealth)
 }
 
 // release commits (and pushes, for a served repository) the pipeline releasing tag, with

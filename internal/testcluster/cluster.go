@@ -1,7 +1,8 @@
 // Package testcluster starts a real, local Kubernetes control plane for tests and for the demo:
 // etcd, kube-apiserver, kube-controller-manager and kube-scheduler, with kwok simulating nodes
 // and the pods scheduled to them. Pods whose image contains "broken" crash-loop and never become
-// Ready, so failed rollouts are real ones.
+// Ready ("broken-pull": they wait in ImagePullBackOff; "broken-oom": they were OOMKilled), so
+// failed rollouts are real ones.
 //
 // Every process runs in its own process group with a parent-death signal; Stop ends them all
 // within a few seconds and nothing is left listening. The binaries come from tools/build.sh
@@ -84,6 +85,12 @@ var stagePodReady []byte
 
 //go:embed stages/pod-crashloop.yaml
 var stagePodCrashLoop []byte
+
+//go:embed stages/pod-imagepull.yaml
+var stagePodImagePull []byte
+
+//go:embed stages/pod-oomkilled.yaml
+var stagePodOOMKilled []byte
 
 //go:embed stages/pod-complete.yaml
 var stagePodComplete []byte
@@ -228,7 +235,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, bin string) error {
 // startControllers starts the controller manager, the scheduler and kwok.
 func (c *Cluster) startControllers(bin string) error {
 	stages := bytes.Join([][]byte{
-		stageNodeInitialize, stageNodeHeartbeat, stagePodReady, stagePodCrashLoop, stagePodComplete, stagePodDelete,
+		stageNodeInitialize, stageNodeHeartbeat, stagePodReady, stagePodCrashLoop, stagePodImagePull, stagePodOOMKilled, stagePodComplete, stagePodDelete,
 	}, []byte("\n---\n"))
 	if err := os.WriteFile(c.path("kwok-stages.yaml"), stages, 0o600); err != nil {
 		return err

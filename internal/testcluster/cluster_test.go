@@ -106,6 +106,45 @@ func TestBrokenImageExceedsProgressDeadline(t *testing.T) {
 	}
 }
 
+// TestFailingImages: each failing image of the test cluster gives its pods the status a
+// kubelet gives them: "broken" crash-loops, "broken-pull" cannot pull its image, "broken-oom"
+// was OOM-killed.
+func TestFailingImages(t *testing.T) {
+	cs := kubernetes.NewForConfigOrDie(cluster.Config)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		image, waiting, lastTerminated string
+		phase                          corev1.PodPhase
+	}{
+		{"registry.example/web:broken-2", "CrashLoopBackOff", "Error", corev1.PodRunning},
+		{"registry.example/web:broken-pull", "ImagePullBackOff", "", corev1.PodPending},
+		{"registry.example/web:broken-oom", "CrashLoopBackOff", "OOMKilled", corev1.PodRunning},
+	} {
+		t.Run(tc.image, func(t *testing.T) {
+			ns := namespace(t, cs, "failing")
+			_, err := cs.AppsV1().Deployments(ns).Create(ctx, deployment("web", tc.image, 1, 600), metav1.CreateOptions{})
+			require.NoError(t, err)
+			var last string
+			require.Eventually(t, func() bool {
+				pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+				if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Status.ContainerStatuses) != 1 {
+					return false
+				}
+				p := pods.Items[0]
+				st := p.Status.ContainerStatuses[0]
+				last = fmt.Sprintf("phase %s, status %+v", p.Status.Phase, st)
+				if st.State.Waiting == nil || st.State.Waiting.Reason != tc.waiting || p.Status.Phase != tc.phase || podReady(&p) {
+					return false
+				}
+				if tc.lastTerminated == "" {
+					return st.LastTerminationState.Terminated == nil
+				}
+				return st.LastTerminationState.Terminated != nil && st.LastTerminationState.Terminated.Reason == tc.lastTerminated
+			}, 30*time.Second, 100*time.Millisecond, "pod of %s: last %s", tc.image, last)
+		})
+	}
+}
+
 // TestTwoClustersAreIndependent starts "dev" and "prod" side by side in this process, checks
 // that an object made in one is absent from the other, and that stopping them leaves no
 // process running and no port listening.

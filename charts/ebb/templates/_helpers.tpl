@@ -53,6 +53,14 @@ objects, and patched when they repeat.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
+# Fail-fast watches the pods of a release's new ReplicaSet; a StatefulSet's rollback deletes
+# its pods of the failed revision that never got Ready.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

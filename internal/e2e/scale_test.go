@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"ebb.dev/ebb/reconciler"
+)
+
+var scaleRuns int
+
+// scalePipelines is how many pipelines BenchmarkScale runs: EBB_BENCH_PIPELINES, default 500.
+func scalePipelines(b *testing.B) int {
+	if s := os.Getenv("EBB_BENCH_PIPELINES"); s != "" {
+		n, err := strconv.Atoi(s)
+		require.NoError(b, err)
+		return n
+	}
+	return 500
+}
+
+// BenchmarkScale runs N pipelines (EBB_BENCH_PIPELINES, default 500) of one app each (a
+// Deployment of one pod and a Service, stages dev and prod) and measures, with the daemon's
+// defaults but for an hour-long poll (the repository watch triggers each poll, as a webhook
+// would):
+//   - the initial sync: time until every execution is COMPLETED, how many FAILED, and the
+//     API requests it took (in all, and per execution);
+//   - a no-op commit (a README): the API requests it causes, by verb and resource;
+//   - a commit that changes one app: the requests, and the time from the commit to that
+//     app's dev Deployment having the new image (p50 over b.N commits);
+//   - the daemon's resident memory at rest.
+//
+// EBB_BENCH_PIPELINES=500 go test ./internal/e2e -bench BenchmarkScale -benchtime 5x -run '^$' -timeout 60m
+func BenchmarkScale(b *testing.B) {
+	n := scalePipelines(b)
+	e := newEnv(b, "scale", envOptions{})
+	files := map[string]string{}
+	// The benchmark function runs more than once (b.N 1, then the asked for): each run has
+	// its own pipelines, as the namespaces of the last run are still being deleted.
+	scaleRuns++
+	name := func(i int) string { return fmt.Sprintf("s%d-%04d", scaleRuns, i) }
+	for i := range n {
+		for path, content := range e.pipelineFiles(name(i), "1.0", 1) {
+			files[path] = content
+		}
+		b.Cleanup(func() {
+			_ = e.devCS.CoreV1().Namespaces().Delete(context.Background(), name(i)+"-dev", metav1.DeleteOptions{})
+			_ = e.prodCS.CoreV1().Namespaces().Delete(context.Background(), name(i)+"-prod", metav1.DeleteOptions{})
+		})
+	}
+	_, err := e.repo.CommitFiles(fmt.Sprintf("%d pipelines", n), files)
+	require.NoError(b, err)
+
+	start := time.Now()
+	d := e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
+	var completed, failed int
+	require.Eventually(b, func() bool {
+		completed, failed = 0, 0
+		list, err := e.store.ListExecutions(context.Background(), "")
+		if err != nil {
+			return false
+		}
+		for _, x := range list {
+			switch {
+			case x.Status.Phase == reconciler.Completed:
+				completed++
+			case x.Status.Phase.Terminal():
+				failed++
+			}
+		}
+		return completed+failed >= n
+	}, 30*time.Minute, 500*time.Millisecond, "the initial sync did not end")
+	initial := time.Since(start)
+	syncRequests := requests(b, d.port)
+	b.Logf("initial sync of %d pipelines: %s, %d COMPLETED, %d not; %.0f requests (%.1f per execution): %s",
+		n, initial.Round(100*time.Millisecond), completed, failed, syncRequests.total(), syncRequests.total()/float64(n), syncRequests.top(8))
+	// At rest: the rollouts' Deployment watches close 30s after the last rollout.
+	time.Sleep(35 * time.Second)
+	rss := procStatusMiB(b, d.Pid(), "VmRSS")
+
+	// Commits that change nothing any pipeline reads: the first one after the sync also
+	// checks every stage for drift for the first time since its rollout, the second is what
+	// such a commit costs from then on.
+	noopCommit := func(content string) requestCounts {
+		before := requests(b, d.port)
+		polls := sumPrefix(scrape(b, d.port), "ebb_git_polls_total")
+		_, err = e.repo.CommitFiles("a README", map[string]string{"README.md": content})
+		require.NoError(b, err)
+		require.Eventually(b, func() bool { return sumPrefix(scrape(b, d.port), "ebb_git_polls_total") > polls }, time.Minute, 50*time.Millisecond)
+		time.Sleep(5 * time.Second)
+		return requests(b, d.port).minus(before)
+	}
+	firstNoop := noopCommit("nothing to deploy\n")
+	noop := noopCommit("still nothing to deploy\n")
+
+	// Commits that change one app: push to the dev Deployment's new image.
+	var latency []time.Duration
+	var oneApp requestCounts
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		app := name(i % n)
+		tag := fmt.Sprintf("1.%d", i+1)
+		w, err := e.devCS.AppsV1().Deployments(app+"-dev").Watch(context.Background(), metav1.ListOptions{FieldSelector: "metadata.name=web"})
+		require.NoError(b, err)
+		before := requests(b, d.port)
+		at := time.Now()
+		sha, err := e.repo.CommitFiles("release "+app+" "+tag, e.pipelineFiles(app, tag, 1))
+		require.NoError(b, err)
+		waitImage(b, w, "registry.example/"+app+":"+tag)
+		latency = append(latency, time.Since(at))
+		w.Stop()
+		b.StopTimer()
+		require.Eventually(b, func() bool {
+			list, err := e.store.ListExecutions(context.Background(), app)
+			if err != nil {
+				return false
+			}
+			for _, x := range list {
+				if x.Spec.Commit == sha && x.Status.Phase.Terminal() {
+					return true
+				}
+			}
+			return false
+		}, 5*time.Minute, 100*time.Millisecond)
+		time.Sleep(2 * time.Second)
+		oneApp = requests(b, d.port).minus(before)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	sort.Slice(latency, func(i, j int) bool { return latency[i] < latency[j] })
+	b.ReportMetric(initial.Seconds(), "s-initial-sync")
+	b.ReportMetric(float64(failed), "initial-not-completed")
+	b.ReportMetric(syncRequests.total(), "requests-initial-sync")
+	b.ReportMetric(syncRequests.total()/float64(n), "requests/execution")
+	b.ReportMetric(firstNoop.total(), "requests-first-noop-commit")
+	b.ReportMetric(noop.total(), "requests-noop-commit")
+	b.ReportMetric(oneApp.total(), "requests-one-app-commit")
+	b.ReportMetric(float64(latency[len(latency)/2].Microseconds())/1000, "ms-commit-to-spec-p50")
+	b.ReportMetric(rss, "MiB-rss")
+	b.Logf("first no-op commit: %s; no-op commit: %s; one-app commit: %s; commit to spec: %v", firstNoop.top(10), noop.top(10), oneApp.top(10), latency)
+}
+
+// requestCounts are the daemon's API requests by verb and resource (Lease renewals left
+// out: the leader renews every 2s whatever happens).
+type requestCounts map[string]float64
+
+func requests(b *testing.B, port int) requestCounts {
+	out := requestCounts{}
+	for k, v := range scrape(b, port) {
+		if !strings.HasPrefix(k, "ebb_kube_requests_total{") || strings.Contains(k, `resource="leases"`) {
+			continue
+		}
+		out[label(k, "verb")+" "+label(k, "resource")] += v
+	}
+	return out
+}
+
+func label(series, name string) string {
+	i := strings.Index(series, name+`="`)
+	if i < 0 {
+		return ""
+	}
+	rest := series[i+len(name)+2:]
+	return rest[:strings.IndexByte(rest, '"')]
+}
+
+func (c requestCounts) minus(o requestCounts) requestCounts {
+	out := requestCounts{}
+	for k, v := range c {
+		if d := v - o[k]; d != 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+func (c requestCounts) total() float64 {
+	t := 0.0
+	for _, v := range c {
+		t += v
+	}
+	return t
+}
+
+// top lists the n largest counts.
+func (c requestCounts) top(n int) string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return c[keys[i]] > c[keys[j]] })
+	var parts []string
+	for i, k := range keys {
+		if i == n {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s=%.0f", k, c[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sumPrefix(m map[string]float64, name string) float64 {
+	t := 0.0
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			t += v
+		}
+	}
+	return t
+}
