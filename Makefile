@@ -10,7 +10,7 @@ VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' cha
 LDFLAGS := -X main.version=$(VERSION)
 BIN     ?= bin/ebb
 
-.PHONY: all build test testbin prometheus cluster demo vet fmt version image
+.PHONY: all build test testbin prometheus chromium cluster demo vet fmt version image
 
 all: build
 
@@ -39,8 +39,17 @@ prometheus:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	fi
 
-## test: every test, against the real local control plane, a real Git server and a real Prometheus
-test: testbin prometheus
+## chromium: a real headless browser for the dashboard's tests: Debian's package, installed with
+## apt-get (as root) when `chromium` is not on PATH
+chromium:
+	@if command -v chromium >/dev/null; then :; else \
+		echo "chromium is not installed; installing Debian's package: apt-get update -qq && apt-get install -y -qq chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+## test: every test, against the real local control plane, a real Git server, a real Prometheus
+## and a real Chromium
+test: testbin prometheus chromium
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 60m ./...
 

@@ -1,6 +1,8 @@
 package gitsource
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,7 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	gogithttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	gogitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
@@ -223,4 +227,111 @@ func (c Credentials) sshAuth(ep *transport.Endpoint, dir string) (transport.Auth
 	}
 	keys.HostKeyAlgorithms = db.HostKeyAlgorithms(fmt.Sprintf("%s:%d", ep.Host, port))
 	return keys, nil
+}
+
+// equal tells whether c and o authenticate the same way.
+func (c Credentials) equal(o Credentials) bool {
+	return c.Username == o.Username && c.Password == o.Password && c.BearerToken == o.BearerToken &&
+		bytes.Equal(c.SSHKey, o.SSHKey) && c.SSHUser == o.SSHUser && bytes.Equal(c.KnownHosts, o.KnownHosts) &&
+		c.InsecureIgnoreHostKey == o.InsecureIgnoreHostKey
+}
+
+// anonymous tells whether c holds nothing to authenticate over https with.
+func (c Credentials) anonymous() bool {
+	return c.Username == "" && c.Password == "" && c.BearerToken == ""
+}
+
+// setCredentials makes c the credentials of every request from now on; the user info of the
+// URL stands in while c has none. Its secrets are scrubbed from everything the source prints.
+func (s *Source) setCredentials(c Credentials) error {
+	s.redact.add(c.secrets()...)
+	use := c
+	if use.anonymous() && len(use.SSHKey) == 0 {
+		use.Username, use.Password = s.urlCreds.Username, s.urlCreds.Password
+	}
+	auth, err := use.authMethod(s.ep, s.opts.CacheDir)
+	if err != nil {
+		return err
+	}
+	s.authMu.Lock()
+	defer s.authMu.Unlock()
+	s.auth, s.creds = auth, c
+	return nil
+}
+
+// authMethod returns the auth of the next request to the remote.
+func (s *Source) authMethod() transport.AuthMethod {
+	s.authMu.Lock()
+	defer s.authMu.Unlock()
+	return s.auth
+}
+
+// credentialsSettle is how long the credentials directory must be quiet before it is read
+// again: a Secret volume update is several renames, and a file written in place several
+// writes.
+const credentialsSettle = 100 * time.Millisecond
+
+// watchCredentials reads CredentialsDir again after each change until ctx is done, and uses
+// what changed from the next request on. It watches the directory itself, not its files:
+// Kubernetes updates a Secret volume by pointing the "..data" symlink at a new directory,
+// which no watch of the old files would see.
+func (s *Source) watchCredentials(ctx context.Context) {
+	dir := s.opts.CredentialsDir
+	fsw, err := fsnotify.NewWatcher()
+	if err == nil {
+		err = fsw.Add(dir)
+		if err != nil {
+			_ = fsw.Close()
+		}
+	}
+	if err != nil {
+		s.log.Warn("cannot watch the git credentials; a change needs a restart", "dir", dir, "err", s.redact.redact(err.Error()))
+		return
+	}
+	defer fsw.Close()
+	var settle <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-fsw.Events:
+			if !ok {
+				return
+			}
+			settle = time.After(credentialsSettle)
+		case err, ok := <-fsw.Errors:
+			if !ok {
+				return
+			}
+			s.log.Warn("watch git credentials", "dir", dir, "err", s.redact.redact(err.Error()))
+		case <-settle:
+			settle = nil
+			s.reloadCredentials()
+		}
+	}
+}
+
+// reloadCredentials reads CredentialsDir and, when the credentials changed, uses them from
+// the next request on and polls at once: a poll that failed on the old ones need not wait
+// out its back-off. An unreadable or unusable directory keeps the credentials in use.
+func (s *Source) reloadCredentials() {
+	dir := s.opts.CredentialsDir
+	c, err := CredentialsFromDir(dir)
+	if err != nil {
+		s.log.Warn("read rotated git credentials; keeping those in use", "dir", dir, "err", s.redact.redact(err.Error()))
+		return
+	}
+	s.authMu.Lock()
+	same := s.creds.equal(c)
+	s.authMu.Unlock()
+	if same {
+		return
+	}
+	if err := s.setCredentials(c); err != nil {
+		s.log.Warn("use rotated git credentials; keeping those in use", "dir", dir, "err", s.redact.redact(err.Error()))
+		return
+	}
+	s.log.Info("git credentials changed; the next request uses them", "dir", dir, "credentials", c)
+	s.metrics.credentialReloads.WithLabelValues(s.opts.Name).Inc()
+	s.Trigger()
 }

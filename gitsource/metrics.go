@@ -15,6 +15,8 @@ type metrics struct {
 	commit        *prometheus.GaugeVec
 	lastSuccess   *prometheus.GaugeVec
 	triggers      *prometheus.CounterVec
+	// credentialReloads counts rotated credentials taken into use.
+	credentialReloads *prometheus.CounterVec
 }
 
 // newMetrics registers the series with reg, or reuses them when another source registered
@@ -46,6 +48,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ebb_git_triggers_total",
 			Help: "Requests for an immediate poll, by source.",
 		}, []string{"source"}),
+		credentialReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ebb_git_credential_reloads_total",
+			Help: "Changed credential files taken into use without a restart, by source.",
+		}, []string{"source"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -57,6 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.commit = register(reg, m.commit, &err)
 	m.lastSuccess = register(reg, m.lastSuccess, &err)
 	m.triggers = register(reg, m.triggers, &err)
+	m.credentialReloads = register(reg, m.credentialReloads, &err)
 	return m, err
 }
 

@@ -30,6 +30,10 @@ type Options struct {
 	CacheDir string
 	// Credentials authenticate to the remote.
 	Credentials Credentials
+	// CredentialsDir, when set, replaces Credentials with the files of this directory (a
+	// mounted Secret, read by CredentialsFromDir). Run watches it and uses changed files from
+	// the next request on, so rotated credentials need no restart.
+	CredentialsDir string
 	// Name labels the source's metrics and logs. Default: the repository name from the URL.
 	Name string
 

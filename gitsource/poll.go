@@ -72,7 +72,7 @@ func (s *Source) poll(ctx context.Context) (*Snapshot, bool, error) {
 // lsRemote returns the commit the remote ref points at, peeling an annotated tag.
 func (s *Source) lsRemote(ctx context.Context) (plumbing.Hash, error) {
 	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{s.url}})
-	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: s.auth, PeelingOption: git.AppendPeeled})
+	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: s.authMethod(), PeelingOption: git.AppendPeeled})
 	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
 		// Deleting the only branch leaves the repository empty: for us the ref is gone.
 		return plumbing.ZeroHash, fmt.Errorf("%s: %w (the repository has no refs)", s.remoteRef, ErrRefNotFound)
@@ -145,7 +145,7 @@ func (s *Source) updateOnce(ctx context.Context, head plumbing.Hash) (*Snapshot,
 	}
 	if !have || s.opts.Tag != "" {
 		start := time.Now()
-		err := s.st.fetch(ctx, s.auth, config.RefSpec("+"+s.remoteRef+":"+s.localRef))
+		err := s.st.fetch(ctx, s.authMethod(), config.RefSpec("+"+s.remoteRef+":"+s.localRef))
 		s.metrics.fetchDuration.WithLabelValues(s.opts.Name).Observe(time.Since(start).Seconds())
 		if err != nil {
 			if isRemoteError(err) {

@@ -3,6 +3,7 @@ package gitsource
 import (
 	"net/url"
 	"strings"
+	"sync"
 
 	"ebb.dev/ebb/internal/redact"
 )
@@ -13,6 +14,7 @@ const redacted = redact.Mask
 
 // redactor scrubs a source's credentials from text before it is logged or returned.
 type redactor struct {
+	mu      sync.RWMutex // rotated credentials add secrets while others redact
 	secrets []string
 }
 
@@ -20,19 +22,29 @@ type redactor struct {
 // password is still a leaked password.
 func newRedactor(secrets ...string) *redactor {
 	r := &redactor{}
+	r.add(secrets...)
+	return r
+}
+
+// add scrubs more secrets: those of rotated credentials. The old ones stay scrubbed, since
+// an error or a cached message may still quote them.
+func (r *redactor) add(secrets ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, s := range secrets {
 		s = strings.TrimSpace(s)
 		if s != "" {
 			r.secrets = append(r.secrets, s)
 		}
 	}
-	return r
 }
 
 // redact hides the secrets, and the user info and query values of any URL, found in s.
 func (r *redactor) redact(s string) string {
 	s = redact.Text(s)
 	if r != nil {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
 		for _, secret := range r.secrets {
 			s = strings.ReplaceAll(s, secret, redacted)
 		}

@@ -22,8 +22,13 @@ func (s *Source) Trigger() {
 // Last). After failed polls it waits with
 // exponential back-off and jitter instead of Interval; a Trigger still polls at once, since a
 // push notification is good evidence that the remote is back. onChange runs on Run's
-// goroutine: a slow onChange delays the next poll, never overlaps it. Run returns ctx's error.
+// goroutine: a slow onChange delays the next poll, never overlaps it. With CredentialsDir,
+// Run also watches that directory and polls at once with credentials that changed. Run
+// returns ctx's error.
 func (s *Source) Run(ctx context.Context, onChange func(*Snapshot)) error {
+	if s.opts.CredentialsDir != "" {
+		go s.watchCredentials(ctx)
+	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {

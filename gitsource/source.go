@@ -26,11 +26,16 @@ type Source struct {
 	display   string // url, redacted, for messages
 	remoteRef string
 	localRef  string
-	auth      transport.AuthMethod
+	ep        *transport.Endpoint
 	redact    *redactor
 	log       *slog.Logger
 	metrics   *metrics
 	st        *store
+
+	authMu   sync.Mutex // guards auth and creds, which rotated credentials replace
+	auth     transport.AuthMethod
+	creds    Credentials
+	urlCreds Credentials // from the URL's user info, used while no others are given
 
 	pollMu  sync.Mutex // one poll or fetch at a time
 	trigger chan struct{}
@@ -61,15 +66,14 @@ func New(opts Options) (*Source, error) {
 	}
 	clean, user, password := stripUserinfo(opts.URL)
 	creds := opts.Credentials
-	secrets := creds.secrets()
-	if user != "" || password != "" {
-		if creds.Username == "" && creds.Password == "" && creds.BearerToken == "" {
-			creds.Username, creds.Password = user, password
+	if opts.CredentialsDir != "" {
+		var err error
+		if creds, err = CredentialsFromDir(opts.CredentialsDir); err != nil {
+			return nil, newError(newRedactor(), KindConfig, "configure git source "+redact.URL(opts.URL), err)
 		}
-		// A token is often given as the user name of an https URL: scrub both.
-		secrets = append(secrets, user, password)
 	}
-	red := newRedactor(secrets...)
+	// A token is often given as the user name of an https URL: scrub both.
+	red := newRedactor(append(creds.secrets(), user, password)...)
 	display := redact.URL(clean)
 	if opts.Name == "" {
 		opts.Name = defaultName(clean)
@@ -83,6 +87,7 @@ func New(opts Options) (*Source, error) {
 		localRef:  localRef,
 		redact:    red,
 		trigger:   make(chan struct{}, 1),
+		urlCreds:  Credentials{Username: user, Password: password},
 	}
 	s.log = opts.Logger.With("component", "gitsource", "source", opts.Name, "url", display, "ref", remoteRef)
 	op := fmt.Sprintf("configure git source %s", display)
@@ -95,7 +100,8 @@ func New(opts Options) (*Source, error) {
 	if err := os.MkdirAll(opts.CacheDir, 0o700); err != nil {
 		return nil, newError(red, KindConfig, op, err)
 	}
-	if s.auth, err = creds.authMethod(ep, opts.CacheDir); err != nil {
+	s.ep = ep
+	if err := s.setCredentials(creds); err != nil {
 		return nil, newError(red, KindConfig, op, err)
 	}
 	if s.metrics, err = newMetrics(opts.Registerer); err != nil {
@@ -148,7 +154,7 @@ func (s *Source) SnapshotAt(ctx context.Context, sha string) (*Snapshot, error) 
 	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	start := time.Now()
-	err = s.st.fetch(ctx, s.auth, fetchBySHA(sha))
+	err = s.st.fetch(ctx, s.authMethod(), fetchBySHA(sha))
 	s.metrics.fetchDuration.WithLabelValues(s.opts.Name).Observe(time.Since(start).Seconds())
 	if err != nil {
 		return nil, newError(s.redact, KindNotFound, op, fmt.Errorf("%w (fetch by SHA: %w)", ErrCommitNotFound, err))

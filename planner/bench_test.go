@@ -146,8 +146,10 @@ func BenchmarkDiffStage(b *testing.B) {
 //     mapping in time quadratic in its keys), which runs into the render deadline.
 //
 // good-ms is how long the good pipeline's Render took, started at the same moment as the
-// hostile one's; all-ms is how long RenderAll of both took: what the daemon waits for before
-// it hands a snapshot's releases to the reconciler (at most the render deadline, 10s).
+// hostile one's; all-ms is how long RenderAll of both took: what `ebb validate` waits for (at
+// most the render deadline, 10s). The daemon does not wait for it: it hands each pipeline on
+// as soon as it rendered (RenderEach; internal/realapps' BenchmarkGoodReleaseBesideHostile
+// measures that through the daemon).
 func BenchmarkGoodBesideHostile(b *testing.B) {
 	for _, tc := range []struct {
 		name  string

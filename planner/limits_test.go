@@ -2,6 +2,7 @@ package planner
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
 // deploymentYAML is the Deployment "web" every pipeline of these tests deploys.
@@ -212,8 +214,9 @@ func TestRenderDeadline(t *testing.T) {
 		defer r.mu.Unlock()
 		return !r.running["slow/dev"]
 	}, 5*time.Minute, 50*time.Millisecond, "the abandoned build ends")
-	// Once it ended, the same inputs still fail at the deadline (remembered, or built again on
-	// a busy machine), and the good pipeline renders.
+	// Once it ended, the same inputs still fail at the deadline (remembered; or, on a machine so
+	// busy that the build read nothing within its deadline, built again: see
+	// TestTimedOutInputsRemembered), and the good pipeline renders.
 	rendered, errs = renderRepo(t, r, dir, opts)
 	assert.Equal(t, []string{"good/dev"}, rendered)
 	require.Len(t, errs, 1)
@@ -224,6 +227,88 @@ func TestRenderDeadline(t *testing.T) {
 	rendered, errs = renderRepo(t, r, dir, opts)
 	assert.Equal(t, []string{"good/dev", "slow/dev"}, rendered)
 	assert.Empty(t, errs)
+}
+
+// deadlineAfterFirstRead is a repository whose first file read moves its render's deadline
+// into the past: the build reads something, then stops at its next look, as a build that ran
+// into its deadline does, whatever the machine's speed.
+type deadlineAfterFirstRead struct {
+	filesys.FileSystem
+	fsys *renderFS
+}
+
+func (d deadlineAfterFirstRead) ReadFile(p string) ([]byte, error) {
+	d.fsys.deadline = time.Now().Add(-time.Hour)
+	return d.FileSystem.ReadFile(p)
+}
+
+// TestTimedOutInputsRemembered checks which builds past their deadline are remembered, so
+// that the same inputs fail at once until they change: those that read their inputs, whether
+// their caller had left (abandoned) or was handed the timeout, and not those that read nothing
+// before the deadline (their time went to waiting, not to the inputs). Each build is run as
+// render runs it, with a deadline moved by the test rather than the clock, so the test does
+// not depend on how busy the machine is. Changed inputs are built again.
+func TestTimedOutInputsRemembered(t *testing.T) {
+	opts := testClusters
+	opts.Limits = DefaultLimits()
+	past := time.Now().Add(-time.Hour)
+	tests := []struct {
+		name       string
+		abandoned  bool
+		deadline   string // "none", "past" from the start, or "after-read"
+		remembered bool
+	}{
+		{"abandoned, then finished", true, "none", true},
+		{"abandoned, stopped after reading", true, "after-read", true},
+		{"handed back, stopped after reading", false, "after-read", true},
+		{"abandoned, stopped before reading", true, "past", false},
+		{"handed back, stopped before reading", false, "past", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := hostileRepo(t, nil)
+			repo, p := loadOne(t, dir, "good")
+			r := NewRenderer(opts)
+			params := newRenderParams(p, p.StageNamed("dev"))
+			key := params.Pipeline + "/" + params.Stage
+			mem, err := repo.memFSWith(r.limits.MaxFileBytes)
+			require.NoError(t, err)
+			fsys := newRenderFS(mem).limited(repo, r.limits, time.Time{})
+			switch tt.deadline {
+			case "past":
+				fsys.deadline = past
+			case "after-read":
+				fsys.repo = deadlineAfterFirstRead{FileSystem: mem, fsys: fsys}
+			}
+			f := &flight{key: key, done: make(chan buildResult, 1)}
+			r.slots <- struct{}{} // the slot start takes; build frees it
+			if tt.abandoned {
+				r.mu.Lock()
+				f.abandoned, r.running[key] = true, true
+				r.mu.Unlock()
+			}
+			r.build(context.Background(), f, fsys, params, params.key(), false)
+			if !tt.abandoned {
+				_, err := r.finished(key, params.key(), fsys, <-f.done)
+				require.ErrorContains(t, err, "limits.renderTimeout")
+			}
+			require.False(t, r.running[key], "the build still counts as running")
+
+			_, err = r.Render(repo, p, "dev")
+			if !tt.remembered {
+				require.NoError(t, err, "inputs the build never read were taken for too slow")
+				assert.Equal(t, 1, r.Stats().Rendered)
+				return
+			}
+			require.ErrorContains(t, err, "(limits.renderTimeout) with these same inputs; it is tried again when they change")
+			assert.Equal(t, 0, r.Stats().Rendered)
+			writeTree(t, dir, map[string]string{"app/deployment.yaml": strings.Replace(deploymentYAML, "nginx:1.27", "nginx:1.28", 1)})
+			repo, p = loadOne(t, dir, "good")
+			_, err = r.Render(repo, p, "dev")
+			require.NoError(t, err, "changed inputs are built again")
+			assert.Equal(t, 1, r.Stats().Rendered)
+		})
+	}
 }
 
 // heapPeak samples the heap every few milliseconds until stop is called, and returns its peak

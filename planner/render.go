@@ -195,37 +195,56 @@ func (r *Renderer) Render(repo *Repo, p *Pipeline, stage string) (*Release, erro
 // set its manifests, and all of them are returned as RenderErrors, which name each failed
 // stage's pipeline and also read as a strictyaml.ErrorList.
 func (r *Renderer) RenderAll(repo *Repo, pipelines []*Pipeline) ([]*Release, error) {
-	type job struct {
-		p     *Pipeline
-		stage int
+	index := make(map[*Pipeline]int, len(pipelines))
+	for i, p := range pipelines {
+		index[p] = i
 	}
-	var jobs []job
-	for _, p := range pipelines {
-		for i := range p.Spec.Stages {
-			jobs = append(jobs, job{p, i})
+	var (
+		mu       sync.Mutex
+		releases = make([][]*Release, len(pipelines))
+		errs     RenderErrors
+	)
+	r.RenderEach(repo, pipelines, func(p *Pipeline, rels []*Release, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		releases[index[p]] = rels
+		var failed RenderErrors
+		if errors.As(err, &failed) {
+			errs = append(errs, failed...)
 		}
-	}
-	releases := make([]*Release, len(jobs))
-	failures := make([]error, len(jobs))
-	forEach(len(jobs), runtime.GOMAXPROCS(0), func(i int) {
-		j := jobs[i]
-		releases[i], failures[i] = r.Render(repo, j.p, j.p.Spec.Stages[j.stage].Name)
 	})
-	var errs RenderErrors
-	rendered := releases[:0]
-	for i, rel := range releases {
-		if failures[i] != nil {
-			p, stage := jobs[i].p, jobs[i].stage
-			errs = append(errs, &StageError{
-				Pipeline: p.Metadata.Name, Stage: p.Spec.Stages[stage].Name,
-				Err: locate(p, stage, failures[i]),
-			})
-			continue
-		}
-		rendered = append(rendered, rel)
+	var rendered []*Release
+	for _, rels := range releases {
+		rendered = append(rendered, rels...)
 	}
 	errs.sort()
 	return rendered, errs.Err()
+}
+
+// RenderEach renders every stage of every pipeline as RenderAll does, and calls done with
+// each pipeline as soon as all its stages have rendered or failed: its releases that
+// rendered, in stage order, and its failed stages as RenderErrors (nil when none failed). A
+// pipeline that renders fast is thus handed on while a slow one still renders.
+//
+// A pipeline's stages render one after the other, and pipelines side by side, as many at once
+// as there are CPUs: a pipeline whose every stage runs into the deadline holds one slot, not
+// all of them, whatever its number of stages and wherever it sorts. done runs on the
+// rendering goroutines, several at once; RenderEach returns once every call returned.
+func (r *Renderer) RenderEach(repo *Repo, pipelines []*Pipeline, done func(p *Pipeline, releases []*Release, err error)) {
+	forEach(len(pipelines), runtime.GOMAXPROCS(0), func(i int) {
+		p := pipelines[i]
+		var rendered []*Release
+		var errs RenderErrors
+		for s := range p.Spec.Stages {
+			rel, err := r.Render(repo, p, p.Spec.Stages[s].Name)
+			if err != nil {
+				errs = append(errs, &StageError{Pipeline: p.Metadata.Name, Stage: p.Spec.Stages[s].Name, Err: locate(p, s, err)})
+				continue
+			}
+			rendered = append(rendered, rel)
+		}
+		done(p, rendered, errs.Err())
+	})
 }
 
 // locate places a stage's render error: at the manifest that exceeded a limit, or else at the
@@ -347,14 +366,34 @@ func (r *Renderer) build(ctx context.Context, f *flight, fsys *renderFS, params 
 	}
 	delete(r.running, f.key)
 	if res.built {
-		r.cache[f.key] = &cacheEntry{params: paramsKey, ops: fsys.ops, timedOut: true}
+		r.rememberTimedOut(f.key, paramsKey, fsys)
 	}
+}
+
+// rememberTimedOut remembers the inputs of a build that ran into its deadline, so that they
+// fail at once until they change, however the build ended: abandoned by its caller, or
+// handed back stopped at a look at the repository. The inputs are what the build read
+// before its deadline; the time it took was spent on them. A build that read nothing before
+// its deadline spent its time before it could start (waiting for kustomize, on a busy
+// machine): nothing is known of its inputs, and they are built again next time. Called with
+// r.mu held.
+func (r *Renderer) rememberTimedOut(cacheKey, paramsKey string, fsys *renderFS) {
+	if fsys.looked == 0 {
+		return
+	}
+	r.cache[cacheKey] = &cacheEntry{params: paramsKey, ops: fsys.ops, timedOut: true}
 }
 
 // finished caches and returns a build's result.
 func (r *Renderer) finished(cacheKey, paramsKey string, fsys *renderFS, res buildResult) (*Release, error) {
 	if errors.Is(res.err, errPastDeadline) || errors.Is(res.err, context.DeadlineExceeded) {
-		r.countTimeout() // stopped at a look at the repository, or waiting for the lock
+		// Stopped at a look at the repository, or waiting for the lock.
+		r.mu.Lock()
+		r.stats.TimedOut++
+		if res.built {
+			r.rememberTimedOut(cacheKey, paramsKey, fsys)
+		}
+		r.mu.Unlock()
 		return nil, r.timeoutError()
 	}
 	if res.err != nil {

@@ -43,6 +43,7 @@ type renderFS struct {
 	deadline time.Time
 	read     int64 // bytes read from the repository
 	docs     int   // YAML documents in what was read
+	looked   int   // files read and directories listed before the deadline
 	exceeded error
 }
 
@@ -176,6 +177,7 @@ func (r *renderFS) ReadFile(p string) ([]byte, error) {
 	if r.pastDeadline() {
 		return nil, r.exceed(errPastDeadline)
 	}
+	r.looked++
 	data, err := r.repo.ReadFile(p)
 	r.note(opRead, p, digestBytes(data, err))
 	if err == nil {
@@ -244,6 +246,7 @@ func (r *renderFS) ReadDir(p string) ([]string, error) {
 	if r.pastDeadline() {
 		return nil, r.exceed(errPastDeadline)
 	}
+	r.looked++
 	names, err := r.repo.ReadDir(p)
 	r.note(opList, p, digestList(names, err))
 	return names, err

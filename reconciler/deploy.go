@@ -141,10 +141,14 @@ func (e *run) untilClusterAnswers(ctx context.Context, stage string, fn func(con
 		if err := e.setPhase(ctx, Waiting, why); err != nil {
 			return err
 		}
+		e.slot.free() // waiting for a cluster takes no slot from executions that can run
 		select {
 		case <-ctx.Done():
 			return errParked
 		case <-time.After(wait):
+		}
+		if err := e.slot.take(ctx); err != nil {
+			return err
 		}
 		wait = min(wait*2, retryMax)
 		e.x.Status.Failure, e.x.Status.Comment = "", comment

@@ -23,6 +23,9 @@ type run struct {
 	resumed bool
 	// savedAt is when the record was last written (see saveSoon).
 	savedAt time.Time
+	// slot is the execution's share of Options.MaxConcurrent; nil for one that does not wait
+	// for it (resumed after a restart).
+	slot *execSlot
 }
 
 // saveBatch is how long changes nobody would miss wait to be written with the next ones: a

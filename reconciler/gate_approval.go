@@ -69,6 +69,13 @@ func (e *run) awaitApproval(ctx context.Context, pipeline string, stage *planner
 		stage.Name, strings.Join(a.Approvers, ", "), approval.Spec.ExpiresAt.UTC().Format(time.RFC3339), e.x.Spec.DisplayName)); err != nil {
 		return err
 	}
+	// Waiting for a person takes no slot from executions that can run.
+	e.slot.free()
+	defer func() {
+		if err := e.slot.take(ctx); err != nil && ctx.Err() == nil {
+			e.log.Warn("take a slot after the approval", "err", err)
+		}
+	}()
 	for {
 		if dec := approval.Spec.Decision; dec != nil {
 			if !dec.Approved {

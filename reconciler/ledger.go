@@ -32,9 +32,16 @@ func (r *Reconciler) ledger(ctx context.Context, pipeline, stage string) (*Stage
 func (r *Reconciler) sharedLedger(ctx context.Context, pipeline, stage string) (*StageLedger, error) {
 	key := LedgerName(pipeline, stage)
 	r.mu.Lock()
-	l := r.ledgerCache[key]
+	l, complete := r.ledgerCache[key], r.ledgersListed && !r.ledgerForgotten[key]
 	r.mu.Unlock()
 	if l != nil {
+		return l, nil
+	}
+	if complete {
+		// Resume read every ledger, and this daemon writes the new ones: a stage it has none
+		// of has never run.
+		l = r.store.NewLedger(pipeline, stage)
+		r.cacheLedger(key, l)
 		return l, nil
 	}
 	l, err := r.store.Ledger(ctx, pipeline, stage)
@@ -42,6 +49,9 @@ func (r *Reconciler) sharedLedger(ctx context.Context, pipeline, stage string) (
 		return nil, err
 	}
 	r.cacheLedger(key, l)
+	r.mu.Lock()
+	delete(r.ledgerForgotten, key)
+	r.mu.Unlock()
 	return l, nil
 }
 
@@ -69,15 +79,34 @@ func (r *Reconciler) updateLedger(ctx context.Context, pipeline, stage string, c
 	}
 }
 
+// primeLedgers reads every ledger with one request, so that the first commit after a start
+// does not read them one by one.
+func (r *Reconciler) primeLedgers(ctx context.Context) error {
+	all, err := r.store.ListLedgers(ctx, "")
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range all {
+		r.ledgerCache[all[i].Name] = all[i].DeepCopy()
+	}
+	r.ledgersListed = true
+	return nil
+}
+
 func (r *Reconciler) cacheLedger(key string, l *StageLedger) {
 	r.mu.Lock()
 	r.ledgerCache[key] = l.DeepCopy()
 	r.mu.Unlock()
 }
 
+// forget drops a stage's ledger from the cache after a failed write: the next read asks the
+// API server what it holds.
 func (r *Reconciler) forget(key string) {
 	r.mu.Lock()
 	delete(r.ledgerCache, key)
+	r.ledgerForgotten[key] = true
 	r.mu.Unlock()
 }
 

@@ -42,7 +42,15 @@ type Options struct {
 	// Observer, when set, hears of every Execution and StageLedger written, e.g. to keep
 	// the Pipeline objects' status up to date.
 	Observer RecordObserver
+	// MaxConcurrent bounds the executions that run at once (other pipelines' new executions
+	// wait for a free slot), so that hundreds of pipelines syncing at once do not overload
+	// the API servers, and an execution that runs (verifying, rolling back) is not slowed by
+	// hundreds that start. Resumed executions do not wait. Default DefaultMaxConcurrent.
+	MaxConcurrent int
 }
+
+// DefaultMaxConcurrent is the default of Options.MaxConcurrent.
+const DefaultMaxConcurrent = 32
 
 // Reconciler runs executions: one at a time per pipeline, different pipelines concurrently.
 type Reconciler struct {
@@ -56,9 +64,14 @@ type Reconciler struct {
 	good    map[string]*Desired // pipeline/stage -> last verified desired release, in memory
 	// synced holds, per pipeline/stage, the objects last found in sync (see inSync).
 	synced map[string]map[string]string
-	// ledgerCache holds the last ledger read or written, by object name (see ledger).
-	ledgerCache map[string]*StageLedger
-	wg          sync.WaitGroup
+	// ledgerCache holds the last ledger read or written, by object name (see ledger), and
+	// ledgersListed says it holds every ledger there is (Resume listed them).
+	ledgerCache     map[string]*StageLedger
+	ledgersListed   bool
+	ledgerForgotten map[string]bool // read from the API server again, though listed
+	wg              sync.WaitGroup
+	// slots holds a token per running execution (Options.MaxConcurrent).
+	slots chan struct{}
 }
 
 // New returns a Reconciler. Call Resume once, then Sync for each new commit.
@@ -75,9 +88,13 @@ func New(opts Options) *Reconciler {
 	if opts.RetryBackoff <= 0 {
 		opts.RetryBackoff = 30 * time.Second
 	}
+	if opts.MaxConcurrent <= 0 {
+		opts.MaxConcurrent = DefaultMaxConcurrent
+	}
 	store := NewStore(opts.Records, opts.Namespace)
 	store.observer = opts.Observer
 	return &Reconciler{
+		slots:   make(chan struct{}, opts.MaxConcurrent),
 		opts:    opts,
 		store:   store,
 		log:     opts.Logger.With("component", "reconciler"),
@@ -86,7 +103,7 @@ func New(opts Options) *Reconciler {
 		good:    map[string]*Desired{},
 		synced:  map[string]map[string]string{},
 
-		ledgerCache: map[string]*StageLedger{},
+		ledgerCache: map[string]*StageLedger{}, ledgerForgotten: map[string]bool{},
 	}
 }
 
@@ -108,6 +125,10 @@ func (r *Reconciler) Sync(ctx context.Context, targets []*Target) {
 func (r *Reconciler) Resume(ctx context.Context) error {
 	all, err := r.store.ListExecutions(ctx, "")
 	if err != nil {
+		return err
+	}
+	r.store.indexExecutions(all)
+	if err := r.primeLedgers(ctx); err != nil {
 		return err
 	}
 	active := map[string]*Execution{}
@@ -377,6 +398,11 @@ func (w *worker) step(ctx context.Context) bool {
 func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error {
 	log := r.log.With("pipeline", t.Name(), "commit", short(t.Commit.SHA))
 	resuming := x != nil && x.Status.Phase != Queued
+	var slot *execSlot // a resumed execution was running: it does not wait for a slot
+	if !resuming {
+		slot = &execSlot{r: r}
+		defer slot.free()
+	}
 	var d decision
 	if !resuming {
 		ledgers, err := r.ledgers(ctx, t)
@@ -398,6 +424,9 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		// One commit never runs twice, also across restarts: a failure of the cluster is
 		// waited out by the execution itself (untilClusterAnswers).
 		comment := ""
+		if err := slot.take(ctx); err != nil {
+			return err
+		}
 		if x == nil {
 			prior, newer, err := r.priorRun(ctx, t)
 			if err != nil || prior != nil && newer == nil {
@@ -417,7 +446,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 		x.Status.Comment = comment
 	}
-	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName), resumed: resuming}
+	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName), resumed: resuming, slot: slot}
 	if err := rr.deploy(ctx, t, d); err != nil {
 		return err
 	}
@@ -427,6 +456,36 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 	}
 	return nil
+}
+
+// execSlot is an execution's share of Options.MaxConcurrent: held while it works, freed
+// while it waits for a person or for a cluster to answer, so that waiting executions never
+// keep others from running.
+type execSlot struct {
+	r    *Reconciler
+	held bool
+}
+
+// take waits for a free slot.
+func (s *execSlot) take(ctx context.Context) error {
+	if s == nil || s.held {
+		return nil
+	}
+	select {
+	case s.r.slots <- struct{}{}:
+		s.held = true
+		return nil
+	case <-ctx.Done():
+		return errParked
+	}
+}
+
+// free gives the slot back.
+func (s *execSlot) free() {
+	if s != nil && s.held {
+		<-s.r.slots
+		s.held = false
+	}
 }
 
 // retryMax bounds the back-off of an execution waiting for its cluster.
@@ -442,7 +501,7 @@ func ran(x *Execution) bool { return x.Status.Phase != Canceled || x.Status.Star
 // ran since, the branch moved back to t's commit (a reset and a force-push), and the stage
 // must follow it again.
 func (r *Reconciler) priorRun(ctx context.Context, t *Target) (prior, newer *Execution, err error) {
-	all, err := r.store.ListExecutions(ctx, t.Name())
+	all, err := r.store.executionsOf(ctx, t.Name())
 	if err != nil {
 		return nil, nil, err
 	}

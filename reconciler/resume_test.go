@@ -63,3 +63,46 @@ func TestResumeReappliesBeforeVerifying(t *testing.T) {
 	}
 	assert.Equal(t, 1, approvalTasks)
 }
+
+// TestWaitingTakesNoSlot: with one execution at a time (MaxConcurrent 1), a pipeline waiting
+// for a person's approval does not keep another pipeline's release from running.
+func TestWaitingTakesNoSlot(t *testing.T) {
+	f := newFixture(t, true)
+	f.stop()
+	opts := f.r.opts
+	opts.MaxConcurrent = 1
+	r := New(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); r.Wait() })
+	require.NoError(t, r.Resume(ctx))
+
+	f.stage.Approval = &planner.Approval{Approvers: []string{"alice"}, Timeout: planner.Duration{Duration: time.Minute}}
+	web := f.commit("c1", "release web 1.0", "1.0")
+	r.Sync(ctx, []*Target{web})
+	f.waitFor("web#1", Waiting)
+
+	// Another pipeline, in its own namespace, without an approval.
+	stage := *f.stage
+	stage.Approval, stage.Namespace = nil, f.ns+"-api"
+	api := f.commit("c1", "release api 1.0", "1.0")
+	api.Pipeline = &planner.Pipeline{Metadata: planner.Metadata{Name: "api"}, Spec: api.Pipeline.Spec}
+	d := &api.Stages[0]
+	d.Stage, d.Namespace = &stage, stage.Namespace
+	for i, o := range d.Objects {
+		o = o.DeepCopy()
+		if o.GetKind() == "Namespace" {
+			o.SetName(stage.Namespace)
+		} else {
+			o.SetNamespace(stage.Namespace)
+		}
+		d.Objects[i] = o
+	}
+	t.Cleanup(func() {
+		_ = f.cs.CoreV1().Namespaces().Delete(context.Background(), stage.Namespace, metav1.DeleteOptions{})
+	})
+	r.Sync(ctx, []*Target{api})
+	f.waitFor("api#1", Completed)
+	x, err := f.r.Store().GetExecution(ctx, "web-1")
+	require.NoError(t, err)
+	assert.Equal(t, Waiting, x.Status.Phase, "web still waits for its approval")
+}

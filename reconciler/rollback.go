@@ -22,7 +22,7 @@ func (e *run) rollback(ctx context.Context, failed *Target, stage string, good R
 	}
 	// The rollback logs under its own name, with the commit and execution that failed.
 	rr := &run{r: e.r, x: rb, log: e.r.log.With("pipeline", failed.Name(), "commit", short(failed.Commit.SHA),
-		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName), resumed: e.resumed}
+		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName), resumed: e.resumed, slot: e.slot}
 	if !rb.Status.Phase.Terminal() {
 		err = rr.restore(ctx, failed.Name(), stage, good)
 		if errors.Is(err, errParked) {

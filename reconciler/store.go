@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,6 +30,8 @@ type Store struct {
 	namespace string
 	// observer, when set, hears of every record written.
 	observer RecordObserver
+	// idx, once the reconciler listed every execution, answers executionsOf from memory.
+	idx atomic.Pointer[executionIndex]
 }
 
 // NewStore returns a Store over namespace.
@@ -48,7 +51,7 @@ func (s *Store) ledgers() dynamic.ResourceInterface {
 // pipeline, or its pipeline and stage for a rollback), filling in Number, DisplayName and
 // Name, and returns the stored object.
 func (s *Store) CreateExecution(ctx context.Context, x *Execution) (*Execution, error) {
-	existing, err := s.ListExecutions(ctx, x.Spec.Pipeline)
+	existing, err := s.executionsOf(ctx, x.Spec.Pipeline)
 	if err != nil {
 		return nil, err
 	}
@@ -99,6 +102,7 @@ func (s *Store) CreateExecution(ctx context.Context, x *Execution) (*Execution, 
 		}
 		stored.Status = status
 		if err := s.writeExecutionStatus(ctx, stored, 3); err != nil {
+			s.remember(stored) // it exists, and holds its number, without its status
 			return nil, err
 		}
 		return stored, nil
@@ -126,6 +130,7 @@ func (s *Store) writeExecutionStatus(ctx context.Context, x *Execution, attempts
 		return fmt.Errorf("update status of execution %s: %w", x.Spec.DisplayName, err)
 	}
 	x.ResourceVersion = updated.GetResourceVersion()
+	s.remember(x)
 	if s.observer != nil {
 		s.observer.ExecutionWritten(x.DeepCopy())
 	}
@@ -222,11 +227,7 @@ func (s *Store) WatchExecutions(ctx context.Context, pipeline string, fn func(*E
 func (s *Store) Ledger(ctx context.Context, pipeline, stage string) (*StageLedger, error) {
 	u, err := s.ledgers().Get(ctx, LedgerName(pipeline, stage), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		l := &StageLedger{Spec: StageLedgerSpec{Pipeline: pipeline, Stage: stage}}
-		l.APIVersion, l.Kind = Group+"/"+Version, "StageLedger"
-		l.Name, l.Namespace = LedgerName(pipeline, stage), s.namespace
-		l.Labels = map[string]string{LabelPipeline: labelValue(pipeline), LabelStage: labelValue(stage)}
-		return l, nil
+		return s.NewLedger(pipeline, stage), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get ledger of stage %q of pipeline %q: %w", stage, pipeline, err)
@@ -236,6 +237,15 @@ func (s *Store) Ledger(ctx context.Context, pipeline, stage string) (*StageLedge
 		return nil, err
 	}
 	return l, nil
+}
+
+// NewLedger returns a new, unsaved ledger of a stage.
+func (s *Store) NewLedger(pipeline, stage string) *StageLedger {
+	l := &StageLedger{Spec: StageLedgerSpec{Pipeline: pipeline, Stage: stage}}
+	l.APIVersion, l.Kind = Group+"/"+Version, "StageLedger"
+	l.Name, l.Namespace = LedgerName(pipeline, stage), s.namespace
+	l.Labels = map[string]string{LabelPipeline: labelValue(pipeline), LabelStage: labelValue(stage)}
+	return l
 }
 
 // ListLedgers lists the ledgers of pipeline (of every pipeline when empty).

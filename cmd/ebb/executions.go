@@ -20,14 +20,22 @@ func newExecutionsCommand() *cobra.Command {
 		rf       recordFlags
 		pipeline string
 		output   outputFlags
+		follow   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "executions [--pipeline P] [-o wide|yaml|json|name|jsonpath=...]",
+		Use:   "executions [--pipeline P] [-o wide|yaml|json|name|jsonpath=...] [--watch]",
 		Short: "List executions, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := output.validate(); err != nil {
 				return err
+			}
+			if follow {
+				table, wide := output.table()
+				if !table {
+					return usageErrorf("--watch draws the table: -o %s cannot be watched", output.format())
+				}
+				return watchTable(cmd, rf, pipeline, wide)
 			}
 			store, err := rf.store()
 			if err != nil {
@@ -52,6 +60,7 @@ func newExecutionsCommand() *cobra.Command {
 	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only the executions of this pipeline")
 	_ = cmd.RegisterFlagCompletionFunc("pipeline", completePipelines(&rf, false))
 	output.add(cmd, "wide")
+	cmd.Flags().BoolVarP(&follow, "watch", "w", false, "redraw the table as executions move; exit when none is running")
 	return cmd
 }
 
@@ -84,9 +93,10 @@ func newExecutionCommand() *cobra.Command {
 	var (
 		rf     recordFlags
 		output outputFlags
+		follow bool
 	)
 	cmd := &cobra.Command{
-		Use:   "execution NAME#N [-o yaml|json|name|jsonpath=...]",
+		Use:   "execution NAME#N [-o yaml|json|name|jsonpath=...] [--watch]",
 		Short: "Show one execution's stages and tasks, with statuses, durations, messages and comments",
 		Example: `  ebb execution web#3
   ebb execution web_dev_rollback#1 -o yaml`,
@@ -97,6 +107,12 @@ func newExecutionCommand() *cobra.Command {
 			}
 			if _, _, err := reconciler.ParseDisplayName(args[0]); err != nil {
 				return usageErrorf("%v", err)
+			}
+			if follow {
+				if output.format() != "" {
+					return usageErrorf("--watch draws the tree: -o %s cannot be watched", output.format())
+				}
+				return watchTree(cmd, rf, args[0])
 			}
 			store, err := rf.store()
 			if err != nil {
@@ -119,6 +135,7 @@ func newExecutionCommand() *cobra.Command {
 	rf.add(cmd)
 	cmd.ValidArgsFunction = completeExecutions(&rf)
 	output.add(cmd)
+	cmd.Flags().BoolVarP(&follow, "watch", "w", false, "redraw the tree as the execution moves; exit when it ends")
 	return cmd
 }
 

@@ -115,15 +115,20 @@ func (f *recordFlags) resolveNamespace() string {
 }
 
 func (f *recordFlags) store() (*reconciler.Store, error) {
-	cfg, err := f.restConfig()
-	if err != nil {
-		return nil, err
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	dyn, err := f.client()
 	if err != nil {
 		return nil, err
 	}
 	return reconciler.NewStore(dyn, f.namespace), nil
+}
+
+// client is a dynamic client of the cluster the flags name; it resolves the namespace too.
+func (f *recordFlags) client() (dynamic.Interface, error) {
+	cfg, err := f.restConfig()
+	if err != nil {
+		return nil, err
+	}
+	return dynamic.NewForConfig(cfg)
 }
 
 // outputFlags are -o of a command that prints objects: its own table ("", and "wide" where it

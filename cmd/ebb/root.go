@@ -97,6 +97,7 @@ func newRootCommand() *cobra.Command {
 		newNewCommand(),
 		newApproveCommand(),
 		newRejectCommand(),
+		newDashboardCommand(),
 		newReconcileCommand(),
 		newVersionCommand(),
 	)

@@ -18,6 +18,7 @@ import (
 	"ebb.dev/ebb/internal/config"
 	"ebb.dev/ebb/internal/daemon"
 	"ebb.dev/ebb/internal/redact"
+	"ebb.dev/ebb/reconciler"
 )
 
 // runFlags are the flags of `ebb run`.
@@ -27,12 +28,14 @@ type runFlags struct {
 	retryBackoff            time.Duration
 	kubeQPS                 float32
 	kubeBurst               int
+	maxConcurrent           int
 	configFile, listen      string
 	kube                    recordFlags
 	cacheDir, credsDir      string
 	webhookSecretFile       string
 	leaderElect             bool
 	identity, logLevel      string
+	dashboard               bool
 }
 
 func newRunCommand() *cobra.Command {
@@ -62,6 +65,7 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.DurationVar(&f.resync, "resync", time.Minute, "time between drift checks of every pipeline")
 	fl.Float32Var(&f.kubeQPS, "kube-qps", daemon.DefaultKubeQPS, "requests a second each Kubernetes client may send (one per cluster, and one for the records), sustained")
 	fl.IntVar(&f.kubeBurst, "kube-burst", daemon.DefaultKubeBurst, "requests each Kubernetes client may send in a burst above --kube-qps")
+	fl.IntVar(&f.maxConcurrent, "max-concurrent-executions", reconciler.DefaultMaxConcurrent, "executions that may run at once; others wait for a free slot (executions waiting for an approval or a cluster take none)")
 	fl.DurationVar(&f.retryBackoff, "retry-backoff", 30*time.Second, "first wait before trying again after a cluster could not answer (unreachable, overloaded, forbidden); it doubles with each attempt, up to 1h")
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters stages deploy to")
 	fl.StringVar(&f.listen, "listen", ":8080", "address serving /metrics, /healthz, /readyz and /webhook; empty to serve nothing")
@@ -73,6 +77,7 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.StringVar(&f.credsDir, "git-credentials-dir", "", "directory of Git credential files (a mounted Secret)")
 	fl.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file holding the push webhook secret")
 	fl.BoolVar(&f.leaderElect, "leader-elect", true, "elect one acting replica with a Lease")
+	fl.BoolVar(&f.dashboard, "dashboard", false, "also serve the Executions page, read-only, on --listen (approvals are never possible there)")
 	fl.StringVar(&f.identity, "identity", "", "this replica's name in the Lease (default: host name)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("repo")
@@ -103,11 +108,9 @@ func runDaemon(ctx context.Context, f runFlags) error {
 		src.Branch = ""
 	}
 	if f.credsDir != "" {
-		src.Credentials, err = gitsource.CredentialsFromDir(f.credsDir)
-	} else {
-		src.Credentials, err = gitsource.CredentialsFromEnv(os.Getenv)
-	}
-	if err != nil {
+		// Read by the source, and again whenever the mounted Secret changes.
+		src.CredentialsDir = f.credsDir
+	} else if src.Credentials, err = gitsource.CredentialsFromEnv(os.Getenv); err != nil {
 		return err
 	}
 	secret, err := webhookSecret(f.webhookSecretFile)
@@ -128,9 +131,10 @@ func runDaemon(ctx context.Context, f runFlags) error {
 	err = daemon.Run(ctx, daemon.Options{
 		Source: src, Config: cfg, Home: home, Namespace: ns, Listen: f.listen,
 		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,
-		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst,
+		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst, MaxConcurrent: f.maxConcurrent,
 		LeaderElection: f.leaderElect, Identity: f.identity,
-		Logger: logger,
+		Dashboard: f.dashboard,
+		Logger:    logger,
 	})
 	if err != nil {
 		logger.Error("stopped", "err", err)

@@ -148,7 +148,8 @@ func TestTemplate(t *testing.T) {
 				assert.EqualValues(t, 1, *d.Spec.Replicas)
 				pod := d.Spec.Template.Spec
 				c := pod.Containers[0]
-				assert.Equal(t, []string{"run", "--repo=" + url, "--branch=main", "--interval=30s", "--resync=1m", "--retry-backoff=30s", "--kube-qps=100", "--kube-burst=200",
+				assert.Equal(t, []string{"run", "--repo=" + url, "--branch=main", "--interval=30s", "--resync=1m", "--retry-backoff=30s",
+					"--max-concurrent-executions=32", "--kube-qps=100", "--kube-burst=200",
 					"--config=/etc/ebb/config/config.yaml", "--listen=:8080", "--cache-dir=/var/cache/ebb",
 					"--leader-elect=true", "--identity=$(POD_NAME)", "--log-level=info"}, c.Args)
 				assert.Equal(t, "ghcr.io/ebb-dev/ebb:"+chartAppVersion(t), c.Image, "the image tag is the chart's appVersion")
@@ -220,7 +221,7 @@ func TestTemplate(t *testing.T) {
 				r.into(t, "Role", "ebb-system/ebb", &role)
 				secrets := role.Rules[len(role.Rules)-2:]
 				assert.Equal(t, []rbacv1.PolicyRule{
-					{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get"}},
+					{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get", "list", "watch"}},
 					{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"prometheus-auth"}, Verbs: []string{"get"}},
 				}, secrets, "the kubeconfig Secrets and the metrics checks' Secrets, and no others")
 

@@ -197,6 +197,16 @@ func (cl *Cluster) secretConfig(ctx context.Context, home kubernetes.Interface) 
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: read kubeconfig Secret %s/%s: %w", cl.Name, ref.Namespace, ref.Name, err)
 	}
+	return cl.SecretRESTConfig(secret)
+}
+
+// SecretRESTConfig returns how to reach the cluster from its kubeconfig Secret as read, by
+// a watch of it or otherwise. The Secret's content never appears in an error.
+func (cl *Cluster) SecretRESTConfig(secret *corev1.Secret) (*rest.Config, error) {
+	ref := cl.KubeconfigSecret
+	if ref == nil {
+		return nil, fmt.Errorf("cluster %q has no kubeconfigSecret", cl.Name)
+	}
 	data, ok := secretValue(secret, ref.Key)
 	if !ok {
 		return nil, fmt.Errorf("cluster %q: Secret %s/%s has no key %q", cl.Name, ref.Namespace, ref.Name, ref.Key)

@@ -28,6 +28,7 @@ import (
 
 	"ebb.dev/ebb/gitsource"
 	"ebb.dev/ebb/internal/config"
+	"ebb.dev/ebb/internal/dashboard"
 	"ebb.dev/ebb/planner"
 	"ebb.dev/ebb/reconciler"
 )
@@ -46,6 +47,8 @@ type Options struct {
 	Listen string
 	// WebhookSecret verifies push webhooks; empty disables the webhook endpoint.
 	WebhookSecret []byte
+	// Dashboard serves the Executions page read-only on Listen, as the daemon's identity.
+	Dashboard bool
 	// Resync is how often every pipeline's current target is reconciled again, to find drift,
 	// when no commit arrives.
 	Resync time.Duration
@@ -54,6 +57,9 @@ type Options struct {
 	// 200 (client-go's own default of 5 cannot record hundreds of executions).
 	KubeQPS   float32
 	KubeBurst int
+	// MaxConcurrent bounds the executions that run at once; default
+	// reconciler.DefaultMaxConcurrent.
+	MaxConcurrent int
 	// RetryBackoff is the first wait before work that failed because a cluster could not
 	// answer is tried again; it grows up to an hour. Default (zero) is the reconciler's, 30s.
 	RetryBackoff time.Duration
@@ -79,6 +85,7 @@ type Daemon struct {
 	source   *gitsource.Source
 	renderer *planner.Renderer
 	rec      *reconciler.Reconciler
+	clusters *clusters
 	status   *statusWriter
 	reg      *prometheus.Registry
 	kube     *kubeRequests
@@ -101,7 +108,7 @@ func Run(ctx context.Context, opts Options) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	if opts.Listen != "" {
-		srv, l, err := d.server()
+		srv, l, err := d.server(ctx)
 		if err != nil {
 			return err
 		}
@@ -162,17 +169,18 @@ func newDaemon(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	clusters := newClusters(opts.Config, opts.Home, events, kube)
+	clusters := newClusters(opts.Config, opts.Home, events, kube, log)
 	clusters.qps, clusters.burst = opts.KubeQPS, opts.KubeBurst
 	d := &Daemon{
-		opts: opts, log: log, source: source, reg: reg, kube: kube,
+		opts: opts, log: log, source: source, reg: reg, kube: kube, clusters: clusters,
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
 		status:   newStatusWriter(reconciler.NewStore(records, opts.Namespace), events, log),
 	}
 	d.rec = reconciler.New(reconciler.Options{
 		Namespace: opts.Namespace, Records: records, Events: events, Clusters: clusters.get,
 		Render: d.renderAt, Logger: log, Metrics: reconciler.NewMetrics(reg), RetryBackoff: opts.RetryBackoff,
-		Observer: d.status,
+		MaxConcurrent: opts.MaxConcurrent,
+		Observer:      d.status,
 	})
 	return d, nil
 }
@@ -191,6 +199,7 @@ func (d *Daemon) lead(ctx context.Context) error {
 	go d.status.run(ctx)
 	// Notifications and write-back follow the execution records (closeloop.go).
 	go d.closeLoop(ctx)
+	go d.clusters.watch(ctx) // rotated kubeconfig Secrets
 	if err := d.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}
@@ -253,17 +262,28 @@ func (d *Daemon) elect(ctx context.Context) error {
 	return leadErr
 }
 
-// onSnapshot plans every pipeline of a new commit and hands the targets to the reconciler.
+// onSnapshot plans every pipeline of a new commit and hands each pipeline's target to the
+// reconciler as soon as it renders: a pipeline slow to render delays no other's release.
 func (d *Daemon) onSnapshot(ctx context.Context, snap *gitsource.Snapshot) {
 	d.polled.Store(true)
-	targets, view := d.plan(snap)
+	ready := make(chan *reconciler.Target)
+	var (
+		targets []*reconciler.Target
+		view    *gitView
+	)
+	go func() {
+		defer close(ready)
+		targets, view = d.plan(snap, func(t *reconciler.Target) { ready <- t })
+	}()
+	for t := range ready {
+		d.rec.Sync(ctx, []*reconciler.Target{t})
+	}
 	d.mu.Lock()
 	d.targets = targets
 	d.mu.Unlock()
 	if view != nil {
 		d.status.setView(view)
 	}
-	d.rec.Sync(ctx, targets)
 }
 
 // resync hands the last targets to the reconciler again every Resync, to restore drift.
@@ -284,11 +304,13 @@ func (d *Daemon) resync(ctx context.Context) {
 	}
 }
 
-// plan loads and renders the enabled pipelines of snap, using both cores. A pipeline with an
-// error is logged with its location and skipped; the others go on. The view says what snap
-// holds of every pipeline, errors included, for the Pipeline objects; nil when the repository
-// could not be read.
-func (d *Daemon) plan(snap *gitsource.Snapshot) ([]*reconciler.Target, *gitView) {
+// plan loads and renders the enabled pipelines of snap, using both cores, and calls ready
+// with each pipeline's target as soon as all its stages rendered (from several goroutines,
+// one call at a time). A pipeline with an error is logged with its location and skipped; the
+// others go on. plan returns every target, in file order, and the view of what snap holds of
+// every pipeline, errors included, for the Pipeline objects; nil when the repository could
+// not be read.
+func (d *Daemon) plan(snap *gitsource.Snapshot, ready func(*reconciler.Target)) ([]*reconciler.Target, *gitView) {
 	log := d.log.With("commit", snap.ShortCommit())
 	repo := planner.NewRepo(snap.FS)
 	pipelines, loadErr := planner.Load(repo, plannerOptions(d.opts.Config))
@@ -303,21 +325,38 @@ func (d *Daemon) plan(snap *gitsource.Snapshot) ([]*reconciler.Target, *gitView)
 			log.Debug("pipeline is not enabled; planned only", "pipeline", p.Metadata.Name)
 		}
 	}
-	releases, renderErr := d.renderer.RenderAll(repo, enabled)
-	if renderErr != nil {
-		log.Error("pipelines whose stages do not render are skipped", "err", renderErr)
-	}
-	byStage := map[string]*planner.Release{}
-	for _, rel := range releases {
-		byStage[rel.Pipeline+"/"+rel.Stage] = rel
-	}
+	var (
+		mu       sync.Mutex
+		byName   = map[string]*reconciler.Target{}
+		releases []*planner.Release
+		failed   planner.RenderErrors
+	)
+	d.renderer.RenderEach(repo, enabled, func(p *planner.Pipeline, rels []*planner.Release, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		releases = append(releases, rels...)
+		var stages planner.RenderErrors
+		if errors.As(err, &stages) {
+			log.Error("pipeline whose stages do not render is skipped", "pipeline", p.Metadata.Name, "err", err)
+			failed = append(failed, stages...)
+			return
+		}
+		byStage := map[string]*planner.Release{}
+		for _, rel := range rels {
+			byStage[rel.Pipeline+"/"+rel.Stage] = rel
+		}
+		if t := target(p, snap, byStage); t != nil {
+			byName[p.Metadata.Name] = t
+			ready(t)
+		}
+	})
 	var targets []*reconciler.Target
 	for _, p := range enabled {
-		if t := target(p, snap, byStage); t != nil {
+		if t := byName[p.Metadata.Name]; t != nil {
 			targets = append(targets, t)
 		}
 	}
-	return targets, newGitView(snap, pipelines, loadErr, releases, renderErr)
+	return targets, newGitView(snap, pipelines, loadErr, releases, failed.Err())
 }
 
 // target assembles p's target from its stages' releases, or returns nil when a stage did not
@@ -366,8 +405,9 @@ func (d *Daemon) renderAt(ctx context.Context, commit, pipeline string) (*reconc
 	return nil, fmt.Errorf("commit %s has no pipeline %q", commit, pipeline)
 }
 
-// server serves /metrics, /healthz, /readyz and, with a secret, /webhook.
-func (d *Daemon) server() (*http.Server, net.Listener, error) {
+// server serves /metrics, /healthz, /readyz, with a secret /webhook, and with Dashboard the
+// Executions page.
+func (d *Daemon) server(ctx context.Context) (*http.Server, net.Listener, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
@@ -387,6 +427,22 @@ func (d *Daemon) server() (*http.Server, net.Listener, error) {
 			return nil, nil, err
 		}
 		mux.Handle("/webhook", hook)
+	}
+	if d.opts.Dashboard {
+		// Read-only, as the daemon's own identity: people approve as themselves, with `ebb
+		// approve` or `ebb dashboard`.
+		client, err := dynamic.NewForConfig(d.opts.Home)
+		if err != nil {
+			return nil, nil, err
+		}
+		dash, err := dashboard.New(dashboard.Options{Client: client, Namespace: d.opts.Namespace, ReadOnly: true, Logger: d.log.With("component", "dashboard")})
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := dash.Start(ctx); err != nil {
+			return nil, nil, fmt.Errorf("dashboard: %w", err)
+		}
+		mux.Handle("/", dash)
 	}
 	l, err := net.Listen("tcp", d.opts.Listen)
 	if err != nil {

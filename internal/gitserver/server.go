@@ -34,11 +34,11 @@ type Server struct {
 	// Root holds the bare repositories, one "<name>.git" directory each.
 	Root string
 
-	opts    Options
 	handler http.Handler
 	addr    string
 
 	mu       sync.Mutex
+	opts     Options // the credentials may change: SetCredentials
 	listener net.Listener
 	srv      *http.Server
 
@@ -164,15 +164,27 @@ func (s *Server) count(next http.Handler) http.Handler {
 	})
 }
 
+// SetCredentials changes the credentials the server requires from the next request on, as a
+// Git host does when a token is rotated. Empty ones let everyone in.
+func (s *Server) SetCredentials(username, password string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Username, s.opts.Password = username, password
+}
+
 func (s *Server) authenticate(next http.Handler) http.Handler {
-	if s.opts.Username == "" || s.opts.Password == "" {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		want := s.opts
+		s.mu.Unlock()
+		if want.Username == "" || want.Password == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
 		user, pass, ok := r.BasicAuth()
 		if !ok ||
-			subtle.ConstantTimeCompare([]byte(user), []byte(s.opts.Username)) != 1 ||
-			subtle.ConstantTimeCompare([]byte(pass), []byte(s.opts.Password)) != 1 {
+			subtle.ConstantTimeCompare([]byte(user), []byte(want.Username)) != 1 ||
+			subtle.ConstantTimeCompare([]byte(pass), []byte(want.Password)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Basic realm="ebb test git server"`)
 			http.Error(w, "authentication required", http.StatusUnauthorized)
 			return

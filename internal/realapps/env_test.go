@@ -58,6 +58,7 @@ type env struct {
 
 	repo      *gitserver.WorkTree
 	repoURL   string
+	gitServer *gitserver.Server // with envOptions.server
 	daemonEnv []string
 	records   string
 	store     *reconciler.Store
@@ -124,6 +125,7 @@ func newEnv(t testing.TB, name string, a app, opts envOptions) *env {
 		srv, err := gitserver.New(filepath.Join(e.dir, "server"), gitserver.Options{Username: user, Password: password})
 		require.NoError(t, err)
 		t.Cleanup(func() { srv.Close() })
+		e.gitServer = srv
 		e.repoURL, err = srv.CreateRepo(name)
 		require.NoError(t, err)
 		e.repo, err = gitserver.Clone(srv.AuthURL(name, user, password), filepath.Join(e.dir, "work"))

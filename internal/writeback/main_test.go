@@ -74,6 +74,8 @@ type env struct {
 	store   *reconciler.Store
 	cs      kubernetes.Interface
 	mode    string
+	// health, when set, is the URL of the dev stage's health check.
+	health string
 }
 
 const gitUser, gitPassword = "ebb", "git-pa55word"
@@ -102,6 +104,10 @@ func (e *env) pipeline(p, tag string) map[string]string {
 	if e.mode != "" {
 		writeBack = "  writeBack: {mode: " + e.mode + "}\n"
 	}
+	health := ""
+	if e.health != "" {
+		health = fmt.Sprintf("\n      healthCheck: {url: %q, interval: 100ms, successes: 1, failures: 1000, timeout: 1m}", e.health)
+	}
 	files := map[string]string{"pipelines/" + p + ".yaml": fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
 kind: Pipeline
 metadata:
@@ -118,9 +124,9 @@ spec:
     cluster: dev
     namespace: %[3]s-%[1]s-dev
     verify:
-      rollout: {timeout: 1m}
+      rollout: {timeout: 1m}%[5]s
     rollback: true
-%[4]s`, p, tag, e.name, writeBack)}
+%[4]s`, p, tag, e.name, writeBack, health)}
 	for path, content := range daemontest.AppFiles(p, 2) {
 		files[path] = content
 	}

@@ -2,9 +2,12 @@ package writeback_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,11 +123,23 @@ func TestWriteBackBranchMoved(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, tc.name, planner.WriteBackCommit)
+			// The rollback's health check answers only once the branch moved: fail-fast
+			// finds the failure in a second, and the move must come before the write-back.
+			var healthy atomic.Bool
+			healthy.Store(true)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if !healthy.Load() {
+					http.Error(w, "not yet", http.StatusServiceUnavailable)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			e.health = srv.URL
 			d := e.startDaemon()
 			good := e.commit("release 1.0", e.pipeline("web", "1.0"), e.pipeline("api", "1.0"))
 			daemontest.WaitExecution(t, e.store, "web", good, reconciler.Completed)
+			healthy.Store(false)
 			bad := e.commit("web 2.0", e.pipeline("web", "2.0-broken"))
-			d.WaitLog(60*time.Second, "msg", "task started", "execution", "web#2", "task", reconciler.TaskVerifyDeployment)
+			d.WaitLog(60*time.Second, "msg", "task started", "execution", "web_dev_rollback#1", "task", reconciler.TaskVerifyDeployment)
 			var moved string
 			if tc.touchesWeb {
 				files := e.pipeline("web", "2.0-broken")
@@ -133,6 +148,7 @@ func TestWriteBackBranchMoved(t *testing.T) {
 			} else {
 				moved = e.commit("api 1.1", e.pipeline("api", "1.1"))
 			}
+			healthy.Store(true)
 			x := e.waitWrittenBack("web", bad)
 			sha := x.Annotations[writeback.AnnotationCommit]
 			if !tc.touchesWeb {

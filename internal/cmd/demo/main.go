@@ -76,6 +76,7 @@ type demo struct {
 	dir, ebb, root string
 	dev, prod      *testcluster.Cluster
 	repo           *gitserver.WorkTree
+	git            *gitserver.Server
 	daemon         *proc.Process
 	logPath        string
 	store          *reconciler.Store
@@ -120,16 +121,28 @@ func (d *demo) setUp(ctx context.Context, dir, ebb string) error {
 	}
 	d.store = reconciler.NewStore(dyn, namespace)
 
-	step("Making a Git repository from examples/rolling-upgrade")
-	if d.repo, err = gitserver.Init(filepath.Join(d.dir, "repo")); err != nil {
+	step("Making a Git repository from examples/rolling-upgrade, on a local Git server")
+	// A served repository, as ebb follows in a cluster: ebb pushes its write-back commits to it.
+	const gitUser, gitPassword = "ebb", "demo-pa55word"
+	if d.git, err = gitserver.New(filepath.Join(d.dir, "git-server"), gitserver.Options{Username: gitUser, Password: gitPassword}); err != nil {
+		return err
+	}
+	repoURL, err := d.git.CreateRepo("deploy")
+	if err != nil {
+		return err
+	}
+	if d.repo, err = gitserver.Clone(d.git.AuthURL("deploy", gitUser, gitPassword), filepath.Join(d.dir, "repo")); err != nil {
 		return err
 	}
 	if err := os.CopyFS(d.repo.Dir, os.DirFS(filepath.Join(d.root, "examples", "rolling-upgrade"))); err != nil {
 		return err
 	}
-	if _, err := d.repo.Commit("Add the rolling-upgrade example"); err != nil {
+	if _, err := d.commit("Add the rolling-upgrade example"); err != nil {
 		return err
 	}
+	// The daemon reads its Git credentials from the environment, as the chart passes them.
+	os.Setenv("EBB_GIT_USERNAME", gitUser)
+	os.Setenv("EBB_GIT_PASSWORD", gitPassword)
 	config := fmt.Sprintf(`apiVersion: ebb.dev/v1alpha1
 kind: Config
 clusters:
@@ -149,15 +162,16 @@ clusters:
 		return err
 	}
 	d.daemon, err = proc.Start(d.dir, "ebb", d.ebb, "run",
-		"--repo", d.repo.Dir, "--branch", "main", "--config", configPath,
+		"--repo", repoURL, "--branch", "main", "--config", configPath,
 		"--kubeconfig", d.dev.Kubeconfig, "--namespace", namespace,
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--interval", "5s", "--resync", "10s",
-		"--cache-dir", filepath.Join(d.dir, "git-cache"), "--leader-elect=false")
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--interval", "1s", "--resync", "10s",
+		"--cache-dir", filepath.Join(d.dir, "git-cache"), "--leader-elect=false", "--dashboard")
 	if err != nil {
 		return err
 	}
 	d.logPath = d.daemon.Log()
-	fmt.Printf("   ebb run --repo %s --config %s   (log: %s, metrics: http://127.0.0.1:%d/metrics)\n", d.repo.Dir, configPath, d.logPath, port)
+	fmt.Printf("   ebb run --repo %s --config %s   (log: %s, metrics: http://127.0.0.1:%d/metrics)\n", repoURL, configPath, d.logPath, port)
+	fmt.Printf("   open the dashboard to watch the story live: http://127.0.0.1:%d/\n", port)
 	return nil
 }
 
@@ -197,6 +211,9 @@ func (d *demo) story(ctx context.Context) error {
 	if _, err := d.repo.Revert(bad); err != nil {
 		return err
 	}
+	if err := d.repo.Push(); err != nil {
+		return err
+	}
 	revert, _ := d.repo.Head()
 	x, err = d.waitFor(ctx, revert, reconciler.Completed)
 	if err != nil {
@@ -204,7 +221,83 @@ func (d *demo) story(ctx context.Context) error {
 	}
 	d.table()
 	fmt.Printf("\n   %s: %s\n", x.Spec.DisplayName, x.Status.Comment)
+	return d.writeBack(ctx)
+}
+
+// writeBack turns on write-back and commits another broken release: after the rollback, ebb
+// pushes a commit that restores the pipeline's files, so Git says again what runs.
+func (d *demo) writeBack(ctx context.Context) error {
+	step("5. Turn on write-back (spec.writeBack.mode: commit) and commit another broken release: 1.7.0-broken")
+	path := filepath.Join(d.repo.Dir, pipelineFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(data), "\nspec:\n", "\nspec:\n  writeBack: {mode: commit}\n", 1)), 0o644); err != nil {
+		return err
+	}
+	if _, err := d.commit("Write rollbacks back to Git"); err != nil {
+		return err
+	}
+	bad, err := d.setTag("1.7.0-broken", "Release web 1.7.0-broken")
+	if err != nil {
+		return err
+	}
+	if _, err := d.waitFor(ctx, bad, reconciler.RollbackCompleted); err != nil {
+		return err
+	}
+	fmt.Println("   waiting for ebb to push its write-back commit...")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		list, _ := d.store.ListExecutions(ctx, pipeline)
+		var x *reconciler.Execution
+		for i := range list {
+			if list[i].Spec.Commit == bad && list[i].Spec.Kind == reconciler.KindDeploy {
+				x = &list[i]
+			}
+		}
+		if x != nil && x.Annotations["writeback.ebb.dev/result"] != "" {
+			fmt.Printf("   %s: %s\n", x.Spec.DisplayName, x.Status.Comment)
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no write-back of commit %s within a minute", short(bad))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := d.repo.Git("pull", "--ff-only", "--quiet"); err != nil {
+		return err
+	}
+	log, err := d.repo.Git("log", "--format=%h %s", "-4")
+	if err != nil {
+		return err
+	}
+	fmt.Println("\n   git log: ebb's commit restores the pipeline's files")
+	for _, l := range strings.Split(strings.TrimSpace(log), "\n") {
+		fmt.Println("     " + l)
+	}
+	// The daemon polls its own commit: in sync with the restored release, it runs nothing.
+	before, _ := d.store.ListExecutions(ctx, pipeline)
+	time.Sleep(5 * time.Second)
+	after, _ := d.store.ListExecutions(ctx, pipeline)
+	fmt.Printf("   executions before and after ebb polled its own commit: %d and %d\n", len(before), len(after))
 	return nil
+}
+
+// commit commits the work tree and pushes it to the Git server.
+func (d *demo) commit(message string) (string, error) {
+	sha, err := d.repo.Commit(message)
+	if err != nil {
+		return "", err
+	}
+	return sha, d.repo.Push()
+}
+
+func short(sha string) string {
+	if len(sha) > 7 {
+		return sha[:7]
+	}
+	return sha
 }
 
 // setTag commits the pipeline with a new input tag.
@@ -229,7 +322,7 @@ func (d *demo) setTag(tag, message string) (string, error) {
 	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
 		return "", err
 	}
-	return d.repo.Commit(message)
+	return d.commit(message)
 }
 
 // waitFor waits for the Deploy execution of commit to reach status, printing each status it
@@ -306,6 +399,7 @@ func (d *demo) explore() {
    %[1]s executions --kubeconfig %[2]s -n %[3]s -o wide
    %[1]s execution %[4]s#2 --kubeconfig %[2]s -n %[3]s
    %[1]s execution %[4]s_dev_rollback#1 --kubeconfig %[2]s -n %[3]s
+   %[1]s dashboard --kubeconfig %[2]s -n %[3]s
    %[5]s --kubeconfig %[2]s get pipelines,executions,stageledgers -n %[3]s
    %[5]s --kubeconfig %[2]s get events -n %[3]s
    %[5]s --kubeconfig %[2]s get deploy,pods -n web-dev -o wide
@@ -318,6 +412,9 @@ func (d *demo) explore() {
 func (d *demo) close() {
 	if d.daemon != nil {
 		_ = d.daemon.Stop(5 * time.Second)
+	}
+	if d.git != nil {
+		_ = d.git.Close()
 	}
 	for _, c := range []*testcluster.Cluster{d.prod, d.dev} {
 		if c != nil {
