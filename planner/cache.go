@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -57,7 +58,7 @@ func observe(fsys filesys.FileSystem, kind opKind, arg string) string {
 	case opHas:
 		return strconv.FormatBool(fsys.Exists(arg))
 	case opList:
-		return digestList(fsys.ReadDir(arg))
+		return digestNames(fsys.ReadDir(arg))
 	case opAbs:
 		d, f, err := fsys.CleanedAbs(arg)
 		return digestList([]string{string(d), f}, err)
@@ -80,6 +81,12 @@ func digestBytes(data []byte, err error) string {
 	}
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
+}
+
+// digestNames digests a directory's entries in sorted order: the in-memory filesystem lists
+// them in map order, which differs from one listing to the next.
+func digestNames(names []string, err error) string {
+	return digestList(slices.Sorted(slices.Values(names)), err)
 }
 
 func digestList(names []string, err error) string {

@@ -46,6 +46,7 @@ type Plan struct {
 	Namespace string   `json:"namespace"`
 	Hash      string   `json:"hash"`
 	Images    []string `json:"images,omitempty"`
+	Notes     []string `json:"notes,omitempty"`
 	Changes   []Change `json:"changes"`
 }
 
@@ -101,7 +102,7 @@ func NewDiffer(cfg *rest.Config, opts DiffOptions) (*Differ, error) {
 func (d *Differ) Diff(ctx context.Context, rel *Release, inventory ssa.Inventory) (*Plan, error) {
 	plan := &Plan{
 		Pipeline: rel.Pipeline, Stage: rel.Stage, Cluster: rel.Cluster, Namespace: rel.Namespace,
-		Hash: rel.Hash, Images: rel.Images,
+		Hash: rel.Hash, Images: rel.Images, Notes: rel.Notes,
 	}
 	created, err := d.namespaceToCreate(ctx, rel)
 	if err != nil {

@@ -222,7 +222,13 @@ func TestRenderDeadline(t *testing.T) {
 	require.Len(t, errs, 1)
 	assert.True(t, strings.HasPrefix(errs[0], at+"the render took longer than 1s (limits.renderTimeout)"), errs[0])
 
-	// Changed inputs render again (a small manifest, well inside the deadline on a busy machine).
+	// Changed inputs render again (a small manifest, well inside the deadline on a busy machine),
+	// once a build of the old ones that the third render may have started again has ended.
+	require.Eventually(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return !r.running["slow/dev"]
+	}, 5*time.Minute, 50*time.Millisecond, "the abandoned build ends")
 	writeTree(t, dir, map[string]string{"slow/slow.yaml": slowManifest(1, 10)})
 	rendered, errs = renderRepo(t, r, dir, opts)
 	assert.Equal(t, []string{"good/dev", "slow/dev"}, rendered)

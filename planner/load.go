@@ -53,6 +53,7 @@ func loadFile(repo *Repo, name string, data []byte, opts Options) ([]*Pipeline, 
 	}
 	for _, p := range pipelines {
 		errs = append(errs, validateManifests(p, repo, opts)...)
+		errs = append(errs, helmValidate(p, repo)...)
 	}
 	return pipelines, errs
 }

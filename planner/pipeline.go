@@ -64,6 +64,9 @@ type PipelineSpec struct {
 	// Manifests is a kustomize directory or a plain YAML directory inside the repository,
 	// relative to its root. A stage may override it.
 	Manifests string `json:"manifests,omitempty"`
+	// Helm renders a Helm chart of the repository instead of Manifests (see helm.go). A stage
+	// may override it, with its own helm or manifests.
+	Helm *HelmSource `json:"helm,omitempty"`
 	// Service names the Service and Deployment the deployment model acts on.
 	Service string `json:"service"`
 	// Stages are rolled out in order; a later stage starts only after the earlier succeeded.
@@ -156,6 +159,9 @@ type Stage struct {
 	Namespace string `json:"namespace"`
 	// Manifests overrides the pipeline's manifests for this stage, e.g. an overlay directory.
 	Manifests string `json:"manifests,omitempty"`
+	// Helm overrides the pipeline's source with a Helm chart; a stage has manifests or helm,
+	// not both.
+	Helm *HelmSource `json:"helm,omitempty"`
 	// Model is rolling (default) or blue-green.
 	Model Model `json:"model"`
 	// Phases split a rolling update: the one phase runs the new release on its number of
@@ -342,18 +348,41 @@ func (p *Pipeline) StageNamed(name string) *Stage {
 	return nil
 }
 
-// ManifestsOf returns the manifests directory a stage renders: its own, or the pipeline's.
+// ManifestsOf returns the manifests directory a stage renders: its own, or the pipeline's;
+// "" when it renders a Helm chart (HelmOf).
 func (p *Pipeline) ManifestsOf(s *Stage) string {
 	if s.Manifests != "" {
 		return s.Manifests
 	}
+	if s.Helm != nil {
+		return ""
+	}
 	return p.Spec.Manifests
 }
 
-// manifestsField is the field path that set a stage's manifests, for messages.
+// HelmOf returns the Helm chart a stage renders: its own, or the pipeline's unless the stage
+// sets manifests; nil for a stage that renders manifests.
+func (p *Pipeline) HelmOf(s *Stage) *HelmSource {
+	if s.Helm != nil {
+		return s.Helm
+	}
+	if s.Manifests != "" {
+		return nil
+	}
+	return p.Spec.Helm
+}
+
+// manifestsField is the field path that set a stage's manifests (or Helm chart), for
+// messages.
 func (p *Pipeline) manifestsField(i int) string {
-	if p.Spec.Stages[i].Manifests != "" {
+	s := &p.Spec.Stages[i]
+	switch {
+	case s.Manifests != "":
 		return fmt.Sprintf("spec.stages[%d].manifests", i)
+	case s.Helm != nil:
+		return fmt.Sprintf("spec.stages[%d].helm.chart", i)
+	case p.Spec.Helm != nil:
+		return "spec.helm.chart"
 	}
 	return "spec.manifests"
 }

@@ -35,6 +35,9 @@ type Release struct {
 	Hash string
 	// Images are the images of the Deployment's init containers and containers.
 	Images []string
+	// Notes say what the render left out of the release, e.g. a Helm chart's hooks, for
+	// `ebb plan` to show.
+	Notes []string
 }
 
 // ObjectRef identifies an object in a cluster.

@@ -155,6 +155,7 @@ type renderParams struct {
 	Cluster   string
 	Namespace string
 	Manifests string
+	Helm      *HelmSource
 	Service   string
 	Image     string
 	Tag       string
@@ -164,7 +165,7 @@ type renderParams struct {
 func newRenderParams(p *Pipeline, s *Stage) renderParams {
 	return renderParams{
 		Pipeline: p.Metadata.Name, Stage: s.Name, Cluster: s.Cluster, Namespace: s.Namespace,
-		Manifests: path.Clean(p.ManifestsOf(s)), Service: p.Spec.Service,
+		Manifests: path.Clean(p.ManifestsOf(s)), Helm: p.HelmOf(s), Service: p.Spec.Service,
 		Image: p.Spec.Input.Image, Tag: p.Spec.Input.Tag, Values: p.Spec.Input.Values,
 	}
 }
@@ -466,7 +467,16 @@ func safeBuild(fsys *renderFS, params renderParams) (rel *Release, err error) {
 // the image injected into the service's Deployment, values substituted, objects ordered and
 // hashed.
 func build(fsys *renderFS, params renderParams) (*Release, error) {
-	m, err := runKustomize(fsys, params)
+	var (
+		m     resmap.ResMap
+		notes []string
+		err   error
+	)
+	if params.Helm != nil {
+		m, notes, err = runHelm(fsys, params)
+	} else {
+		m, err = runKustomize(fsys, params)
+	}
 	if fsys.exceeded != nil {
 		// kustomize wraps the read's error in its own words; the limit is the cause.
 		return nil, fsys.exceeded
@@ -488,7 +498,7 @@ func build(fsys *renderFS, params renderParams) (*Release, error) {
 	sortObjects(objects)
 	rel := &Release{
 		Pipeline: params.Pipeline, Stage: params.Stage, Cluster: params.Cluster, Namespace: params.Namespace,
-		Deployment: deploy.GetName(), Objects: objects, Hash: hashObjects(objects),
+		Deployment: deploy.GetName(), Objects: objects, Hash: hashObjects(objects), Notes: notes,
 	}
 	if svc != nil {
 		rel.Service = svc.GetName()

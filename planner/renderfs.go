@@ -248,7 +248,7 @@ func (r *renderFS) ReadDir(p string) ([]string, error) {
 	}
 	r.looked++
 	names, err := r.repo.ReadDir(p)
-	r.note(opList, p, digestList(names, err))
+	r.note(opList, p, digestNames(names, err))
 	return names, err
 }
 

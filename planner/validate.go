@@ -48,6 +48,7 @@ func validateSpec(p *Pipeline, opts Options) strictyaml.ErrorList {
 	if p.Spec.Manifests != "" {
 		v.manifestsPath("spec.manifests", p.Spec.Manifests)
 	}
+	v.helm("spec", p.Spec.Manifests, p.Spec.Helm)
 	if len(p.Spec.Stages) == 0 {
 		v.errorf("spec", "missing required field \"stages\" in spec: a pipeline needs at least one stage")
 	}
@@ -202,9 +203,10 @@ func (v *validator) stage(i int, opts Options, seen map[string]bool) {
 	}
 	if s.Manifests != "" {
 		v.manifestsPath(at(".manifests"), s.Manifests)
-	} else if v.p.Spec.Manifests == "" && v.missing("spec.manifests") && v.missing(at(".manifests")) {
-		v.errorf(at(""), "missing required field \"manifests\" in %s: set it here or in spec", at(""))
+	} else if s.Helm == nil && v.p.Spec.Helm == nil && v.p.Spec.Manifests == "" && v.missing("spec.manifests") && v.missing(at(".manifests")) {
+		v.errorf(at(""), "missing required field \"manifests\" in %s: set it (or helm) here or in spec", at(""))
 	}
+	v.helm(at(""), s.Manifests, s.Helm)
 	v.phases(i, s)
 	v.verify(i, s)
 	if a := s.Approval; a != nil {

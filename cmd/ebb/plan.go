@@ -360,6 +360,9 @@ func printPlans(w io.Writer, format string, plans []*planner.Plan, selected []st
 		}
 		fmt.Fprintf(&b, "pipeline %s, stage %s (cluster %s, namespace %s, release %s, %s)\n",
 			p.Pipeline, p.Stage, p.Cluster, p.Namespace, shortHash(p.Hash), state)
+		for _, n := range p.Notes {
+			fmt.Fprintf(&b, "  note: %s\n", n)
+		}
 		for _, c := range p.Changes {
 			fmt.Fprintf(&b, "  %s %s\n", c.Object, c.Action)
 			for _, line := range strings.Split(strings.TrimRight(c.Diff, "\n"), "\n") {

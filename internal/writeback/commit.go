@@ -42,8 +42,9 @@ type result struct {
 const localBranch = plumbing.ReferenceName("refs/heads/ebb-writeback")
 
 // pipelinePaths returns the files of a pipeline as the failed and the restored commits define
-// it: its pipeline file and each stage's manifests directory, under root. A kustomize base
-// outside those directories is shared with other pipelines, and is not restored.
+// it: its pipeline file and each stage's manifests directory (or Helm chart and values files),
+// under root. A kustomize base outside those directories is shared with other pipelines, and
+// is not restored.
 func pipelinePaths(root string, defs ...*planner.Pipeline) []string {
 	seen := map[string]bool{}
 	var out []string
@@ -60,6 +61,12 @@ func pipelinePaths(root string, defs ...*planner.Pipeline) []string {
 		for i := range p.Spec.Stages {
 			if m := p.ManifestsOf(&p.Spec.Stages[i]); m != "" {
 				add(m)
+			}
+			if h := p.HelmOf(&p.Spec.Stages[i]); h != nil {
+				add(h.Chart)
+				for _, f := range h.ValuesFiles {
+					add(f)
+				}
 			}
 		}
 	}
