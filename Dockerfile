@@ -1,14 +1,15 @@
 # The ebb image: a static ebb binary on distroless, run as a non-root user. gitsource uses
 # go-git and kustomize is linked in, so the image needs neither git nor a shell.
 #
-#   docker build -t ghcr.io/ebb-dev/ebb:0.1.0 .
+#   make image   (docker build --build-arg VERSION=<appVersion of charts/ebb/Chart.yaml> ...)
 
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags "-s -w" -o /out/ebb ./cmd/ebb
+ARG VERSION=dev
+RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/ebb ./cmd/ebb
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/ebb /usr/local/bin/ebb

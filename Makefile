@@ -4,14 +4,27 @@
 GO      ?= go
 TESTBIN ?= $(CURDIR)/.cache/testbin
 export EBB_TESTBIN := $(TESTBIN)
+# VERSION is the one place a release's version is written: the chart's appVersion, which is
+# also its default image tag. The binary gets it at build time (`ebb version`).
+VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/ebb/Chart.yaml)
+LDFLAGS := -X main.version=$(VERSION)
+BIN     ?= bin/ebb
 
-.PHONY: all build test testbin prometheus chromium cluster demo vet fmt
+.PHONY: all build test testbin prometheus chromium cluster demo vet fmt version image
 
 all: build
 
-## build: the ebb binary, into bin/ebb
+## build: the ebb binary, into bin/ebb (BIN=path for another), with the chart's appVersion
 build:
-	$(GO) build -o bin/ebb ./cmd/ebb
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/ebb
+
+## version: print the version build and image take from charts/ebb/Chart.yaml
+version:
+	@echo $(VERSION)
+
+## image: the container image, tagged with the chart's appVersion (the chart's default tag)
+image:
+	docker build --build-arg VERSION=$(VERSION) -t ghcr.io/ebb-dev/ebb:$(VERSION) .
 
 ## testbin: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm
 ## at pinned versions, into .cache/testbin (rebuilt only when a pinned version changes)

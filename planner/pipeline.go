@@ -294,6 +294,8 @@ type MetricsCheck struct {
 	Min        *float64 `json:"min,omitempty"`
 	Interval   Duration `json:"interval"`
 	For        Duration `json:"for"`
+	// Auth authenticates to the server (metricsauth.go); nil sends no credentials.
+	Auth *MetricsAuth `json:"auth,omitempty"`
 }
 
 // SetDefaults sets interval 15s and for 2m.

@@ -271,6 +271,7 @@ func (v *validator) verify(i int, s *Stage) {
 		case m.Max != nil && m.Min != nil && *m.Min > *m.Max:
 			v.errorf(at+".metrics.min", "min %v is above max %v", *m.Min, *m.Max)
 		}
+		v.metricsAuth(at+".metrics.auth", m.Auth) // metricsauth.go
 	}
 }
 

@@ -23,7 +23,7 @@ const LabelExecution = "ebb.dev/execution"
 
 // Approval is one stage of one execution waiting for a person's decision. The daemon creates
 // it without a decision; an approver sets Spec.Decision once. The API server, not the CLI,
-// enforces who may decide (charts/ebb/templates/approval-policy.yaml): only the decision may
+// enforces who may decide (charts/ebb/files/approval-policy.yaml): only the decision may
 // change, only once, only by a listed approver, and only in the caller's own name.
 type Approval struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -11,7 +11,5 @@ func (metricsGate) name() string { return "metrics" }
 func (metricsGate) applies(_ *stageRun, sub subject) bool { return sub.at != atPromote && sub.live }
 
 func (metricsGate) check(ctx context.Context, s *stageRun, _ subject) error {
-	m := s.stage().Verify.Metrics
-	check := MetricsCheck{Prometheus: m.Prometheus, Query: m.Query, Max: m.Max, Min: m.Min, Interval: m.Interval.Duration, For: m.For.Duration}
-	return check.Run(ctx, s.r.opts.HTTPClient)
+	return newMetricsCheck(s.stage().Verify.Metrics, s.r.metricsSecrets()).Run(ctx, s.r.opts.HTTPClient) // metricscheck.go
 }

@@ -2,10 +2,8 @@ package reconciler
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -14,7 +12,15 @@ import (
 	"strings"
 	"time"
 
+	promapi "github.com/prometheus/client_golang/api"
+	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	promconfig "github.com/prometheus/common/config"
+	prommodel "github.com/prometheus/common/model"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"ebb.dev/ebb/internal/redact"
+	"ebb.dev/ebb/planner"
 )
 
 // MetricsCheck evaluates an instant PromQL query every Interval for For; fails when a value is
@@ -34,6 +40,82 @@ type MetricsCheck struct {
 	Max, Min *float64
 	// Interval is the time between evaluations; For is the length of the window.
 	Interval, For time.Duration
+	// HTTP is how to reach the server: basic auth, a bearer token, TLS (prometheus/common's
+	// client configuration, as Prometheus' own remote clients use it); nil sends no
+	// credentials. Its *Ref fields name keys of Secrets, read through Secrets.
+	HTTP *promconfig.HTTPClientConfig
+	// Secrets reads the Secret keys HTTP refers to ("name/key"); see newMetricsCheck.
+	Secrets promconfig.SecretManager
+}
+
+// newMetricsCheck is the check of a stage's verify.metrics. Credentials are read when the check
+// runs, at each request, from the files or the keys of Secrets in ebb's namespace that its auth
+// names (secrets reads those), so a rotated credential is used as soon as it changes.
+func newMetricsCheck(m *planner.MetricsCheck, secrets promconfig.SecretManager) MetricsCheck {
+	check := MetricsCheck{Prometheus: m.Prometheus, Query: m.Query, Max: m.Max, Min: m.Min,
+		Interval: m.Interval.Duration, For: m.For.Duration, Secrets: secrets}
+	a := m.Auth
+	if a == nil {
+		return check
+	}
+	cfg := promconfig.DefaultHTTPClientConfig
+	if b := a.BasicAuth; b != nil {
+		cfg.BasicAuth = &promconfig.BasicAuth{Username: b.Username, PasswordFile: b.Password.File, PasswordRef: secretRef(b.Password.Secret)}
+	}
+	if t := a.BearerToken; t != nil {
+		cfg.Authorization = &promconfig.Authorization{Type: "Bearer", CredentialsFile: t.File, CredentialsRef: secretRef(t.Secret)}
+	}
+	if t := a.TLS; t != nil {
+		cfg.TLSConfig.ServerName, cfg.TLSConfig.InsecureSkipVerify = t.ServerName, t.InsecureSkipVerify
+		if t.CA != nil {
+			cfg.TLSConfig.CAFile, cfg.TLSConfig.CARef = t.CA.File, secretRef(t.CA.Secret)
+		}
+		if t.Cert != nil {
+			cfg.TLSConfig.CertFile, cfg.TLSConfig.CertRef = t.Cert.File, secretRef(t.Cert.Secret)
+		}
+		if t.Key != nil {
+			cfg.TLSConfig.KeyFile, cfg.TLSConfig.KeyRef = t.Key.File, secretRef(t.Key.Secret)
+		}
+	}
+	check.HTTP = &cfg
+	return check
+}
+
+// secretRef is the reference secretKeys reads: "name/key"; "" for none.
+func secretRef(r *planner.SecretKeyRef) string {
+	if r == nil {
+		return ""
+	}
+	return r.Name + "/" + r.Key
+}
+
+// secretKeys reads keys of Secrets in ebb's own namespace for the metrics checks' auth.
+type secretKeys struct {
+	client    kubernetes.Interface
+	namespace string
+}
+
+// Fetch returns the key of the Secret that ref ("name/key") names.
+func (s secretKeys) Fetch(ctx context.Context, ref string) (string, error) {
+	name, key, _ := strings.Cut(ref, "/")
+	secret, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read Secret %s/%s for the metrics check: %w", s.namespace, name, err)
+	}
+	value, ok := secret.Data[key]
+	if !ok {
+		return "", fmt.Errorf("Secret %s/%s has no key %q for the metrics check", s.namespace, name, key)
+	}
+	return string(value), nil
+}
+
+// metricsSecrets reads the Secrets of the metrics checks' auth in the home cluster's records
+// namespace; nil without a home client.
+func (r *Reconciler) metricsSecrets() promconfig.SecretManager {
+	if r.opts.Events == nil {
+		return nil
+	}
+	return secretKeys{client: r.opts.Events, namespace: r.opts.Namespace}
 }
 
 // metricsCheckName names the check in VerificationErrors.
@@ -45,14 +127,15 @@ func (m MetricsCheck) Run(ctx context.Context, client *http.Client) error {
 	if err := m.validate(); err != nil {
 		return err
 	}
-	if client == nil {
-		client = http.DefaultClient
+	rt, err := m.roundTripper(client)
+	if err != nil {
+		return err
 	}
 	deadline := time.Now().Add(m.For)
 	evaluations, failures := 0, 0
 	var last error
 	for {
-		err := m.evaluate(ctx, client)
+		err := m.evaluate(ctx, rt)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -79,6 +162,29 @@ func (m MetricsCheck) Run(ctx context.Context, client *http.Client) error {
 	return nil
 }
 
+// roundTripper is the transport of the check's requests: with auth, prometheus/common's,
+// which adds the credentials to each request; without, client's (the default one for nil).
+func (m MetricsCheck) roundTripper(client *http.Client) (http.RoundTripper, error) {
+	if m.HTTP == nil {
+		if client != nil && client.Transport != nil {
+			return client.Transport, nil
+		}
+		return http.DefaultTransport, nil
+	}
+	if err := m.HTTP.Validate(); err != nil {
+		return nil, fmt.Errorf("metrics check of %q: auth: %w", m.Query, err)
+	}
+	var opts []promconfig.HTTPClientOption
+	if m.Secrets != nil {
+		opts = append(opts, promconfig.WithSecretManager(m.Secrets))
+	}
+	rt, err := promconfig.NewRoundTripperFromConfig(*m.HTTP, "ebb-metrics-check", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("metrics check of %q: auth: %w", m.Query, err)
+	}
+	return rt, nil
+}
+
 // validate rejects a check that could never judge a release.
 func (m MetricsCheck) validate() error {
 	switch {
@@ -97,8 +203,8 @@ func (m MetricsCheck) validate() error {
 // evaluate runs the query once. It returns a VerificationError when a value is out of bounds or
 // Prometheus rejects the query itself (a syntax error does not heal within the window), and a
 // plain error when this evaluation could not judge the release and should be retried.
-func (m MetricsCheck) evaluate(ctx context.Context, client *http.Client) error {
-	samples, err := m.query(ctx, client)
+func (m MetricsCheck) evaluate(ctx context.Context, rt http.RoundTripper) error {
+	samples, err := m.query(ctx, rt)
 	if err != nil {
 		return err
 	}
@@ -127,97 +233,51 @@ type promSample struct {
 	labels string
 }
 
-// promAnswer is the body of GET /api/v1/query, success or error.
-type promAnswer struct {
-	Status    string `json:"status"`
-	ErrorType string `json:"errorType"`
-	Error     string `json:"error"`
-	Data      struct {
-		ResultType string          `json:"resultType"`
-		Result     json.RawMessage `json:"result"`
-	} `json:"data"`
-}
-
-// query asks Prometheus's HTTP API for the query's value now.
-func (m MetricsCheck) query(ctx context.Context, client *http.Client) ([]promSample, error) {
+// query asks Prometheus's query API (client_golang's api/prometheus/v1) for the query's value
+// now, through rt, which carries the check's auth.
+func (m MetricsCheck) query(ctx context.Context, rt http.RoundTripper) ([]promSample, error) {
 	ctx, cancel := context.WithTimeout(ctx, min(max(m.Interval, time.Second), 10*time.Second))
 	defer cancel()
 	at := redact.URL(m.Prometheus) // reasons are recorded and shown: the URL may hold a token
-	endpoint := strings.TrimRight(m.Prometheus, "/") + "/api/v1/query?" + url.Values{"query": {m.Query}}.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+	client, err := promapi.NewClient(promapi.Config{Address: m.Prometheus, RoundTripper: rt})
 	if err != nil {
 		return nil, fmt.Errorf("query prometheus at %s: %s", at, redact.Text(err.Error()))
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("prometheus at %s unreachable: %w", at, withoutURL(err))
+	value, _, _, err := promv1.NewAPI(client).Query(ctx, m.Query, time.Now())
+	var perr *promv1.Error
+	switch {
+	case errors.As(err, &perr) && perr.Type == promv1.ErrBadData:
+		// A syntax error does not heal within the window.
+		return nil, verificationFailed(metricsCheckName, "prometheus rejected the query: %s (query: %s)", perr.Msg, m.Query)
+	case errors.As(err, &perr) && (strings.HasSuffix(perr.Msg, ": 401") || strings.HasSuffix(perr.Msg, ": 403")):
+		return nil, fmt.Errorf("prometheus at %s refused ebb's credentials (%s): check verify.metrics.auth", at, perr.Msg)
+	case errors.As(err, &perr):
+		return nil, fmt.Errorf("prometheus at %s answered %s: %s", at, perr.Type, perr.Msg)
+	case err != nil:
+		return nil, fmt.Errorf("prometheus at %s unreachable: %s", at, redact.Text(withoutURL(err).Error()))
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read answer of prometheus at %s: %w", at, err)
-	}
-	var answer promAnswer
-	if err := json.Unmarshal(body, &answer); err != nil {
-		return nil, fmt.Errorf("prometheus at %s answered HTTP %s, not the query API's JSON", at, resp.Status)
-	}
-	if answer.Status != "success" {
-		if answer.ErrorType == "bad_data" {
-			return nil, verificationFailed(metricsCheckName, "prometheus rejected the query: %s (query: %s)", answer.Error, m.Query)
-		}
-		return nil, fmt.Errorf("prometheus at %s answered HTTP %s: %s: %s", at, resp.Status, answer.ErrorType, answer.Error)
-	}
-	return parsePromResult(answer.Data.ResultType, answer.Data.Result)
+	return samplesOf(value)
 }
 
-// parsePromResult reads a vector or scalar result; a matrix or string cannot be compared to bounds.
-func parsePromResult(resultType string, raw json.RawMessage) ([]promSample, error) {
-	switch resultType {
-	case "scalar":
-		var point []any
-		if err := json.Unmarshal(raw, &point); err != nil {
-			return nil, fmt.Errorf("read scalar result: %w", err)
-		}
-		v, err := promPointValue(point)
-		if err != nil {
-			return nil, err
-		}
-		return []promSample{{value: v}}, nil
-	case "vector":
-		var vector []struct {
-			Metric map[string]string `json:"metric"`
-			Value  []any             `json:"value"`
-		}
-		if err := json.Unmarshal(raw, &vector); err != nil {
-			return nil, fmt.Errorf("read vector result: %w", err)
-		}
-		out := make([]promSample, 0, len(vector))
-		for _, s := range vector {
-			v, err := promPointValue(s.Value)
-			if err != nil {
-				return nil, err
+// samplesOf reads a vector or scalar result; a matrix or string cannot be compared to bounds.
+func samplesOf(v prommodel.Value) ([]promSample, error) {
+	switch v := v.(type) {
+	case *prommodel.Scalar:
+		return []promSample{{value: float64(v.Value)}}, nil
+	case prommodel.Vector:
+		out := make([]promSample, 0, len(v))
+		for _, s := range v {
+			metric := make(map[string]string, len(s.Metric))
+			for k, val := range s.Metric {
+				metric[string(k)] = string(val)
 			}
-			out = append(out, promSample{value: v, labels: promLabels(s.Metric)})
+			out = append(out, promSample{value: float64(s.Value), labels: promLabels(metric)})
 		}
 		return out, nil
+	case nil:
+		return nil, errors.New("query returned nothing")
 	}
-	return nil, fmt.Errorf("query returned a %s; want an instant vector or a scalar", resultType)
-}
-
-// promPointValue reads the value of a [timestamp, "value"] pair.
-func promPointValue(point []any) (float64, error) {
-	if len(point) != 2 {
-		return 0, fmt.Errorf("read sample %v: want [time, value]", point)
-	}
-	s, ok := point[1].(string)
-	if !ok {
-		return 0, fmt.Errorf("read sample %v: value is not a string", point)
-	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		return 0, fmt.Errorf("read sample value %q: %w", s, err)
-	}
-	return v, nil
+	return nil, fmt.Errorf("query returned a %s; want an instant vector or a scalar", v.Type())
 }
 
 // promLabels writes a series as PromQL shows it, prefixed " of ", or "" for none:

@@ -2,20 +2,29 @@ package reconciler
 
 import (
 	"context"
-	"encoding/json"
 	"math"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	prommodel "github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"ebb.dev/ebb/internal/testprom"
+	"ebb.dev/ebb/planner"
 )
 
 // errorRateExporter serves ebb_test_error_rate{case} with values the test sets, standing in
@@ -148,31 +157,119 @@ func TestMetricsCheckConfig(t *testing.T) {
 	}
 }
 
-// TestParsePromResult reads the result types of the query API.
-func TestParsePromResult(t *testing.T) {
+// TestSamplesOf reads the result types of the query API.
+func TestSamplesOf(t *testing.T) {
 	tests := []struct {
-		name, resultType, result string
-		want                     []promSample
-		wantErr                  string
+		name    string
+		value   prommodel.Value
+		want    []promSample
+		wantErr string
 	}{
-		{name: "scalar", resultType: "scalar", result: `[1700000000.1, "0.5"]`, want: []promSample{{value: 0.5}}},
-		{name: "vector", resultType: "vector", result: `[{"metric": {"__name__": "http_errors", "job": "web", "code": "500"}, "value": [1700000000, "+Inf"]}]`,
+		{name: "scalar", value: &prommodel.Scalar{Value: 0.5}, want: []promSample{{value: 0.5}}},
+		{name: "vector", value: prommodel.Vector{{Metric: prommodel.Metric{"__name__": "http_errors", "job": "web", "code": "500"}, Value: prommodel.SampleValue(math.Inf(1))}},
 			want: []promSample{{value: math.Inf(1), labels: ` of http_errors{code="500", job="web"}`}}},
-		{name: "vector without a name", resultType: "vector", result: `[{"metric": {"job": "web"}, "value": [1700000000, "1"]}]`,
+		{name: "vector without a name", value: prommodel.Vector{{Metric: prommodel.Metric{"job": "web"}, Value: 1}},
 			want: []promSample{{value: 1, labels: ` of {job="web"}`}}},
-		{name: "empty vector", resultType: "vector", result: `[]`, want: []promSample{}},
-		{name: "matrix", resultType: "matrix", result: `[]`, wantErr: "query returned a matrix; want an instant vector or a scalar"},
-		{name: "bad value", resultType: "scalar", result: `[1700000000, "many"]`, wantErr: `read sample value "many"`},
+		{name: "empty vector", value: prommodel.Vector{}, want: []promSample{}},
+		{name: "matrix", value: prommodel.Matrix{}, wantErr: "query returned a matrix; want an instant vector or a scalar"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parsePromResult(tt.resultType, json.RawMessage(tt.result))
+			got, err := samplesOf(tt.value)
 			if tt.wantErr != "" {
 				require.ErrorContains(t, err, tt.wantErr)
 				return
 			}
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+// TestMetricsCheckAuth runs the check of a pipeline's verify.metrics against a real Prometheus
+// behind basic auth (its --web.config.file), and behind a gateway that requires a bearer token
+// (as kube-rbac-proxy or OpenShift's oauth-proxy front Thanos and OpenShift monitoring), with
+// the credentials read from a real Secret in ebb's namespace or from a file. Wrong or missing
+// credentials fail the check, saying so, and no credential reaches the reason.
+func TestMetricsCheckAuth(t *testing.T) {
+	const user, password, token = "ebb", "basic-pa55word-not-for-logs", "bearer-t0ken-not-for-logs"
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	require.NoError(t, err)
+	target := errorRateExporter(t, map[string]float64{"healthy": 0.01})
+	prom := testprom.StartT(t, testprom.Options{Targets: []string{target}, ScrapeInterval: time.Second,
+		WebConfig: "basic_auth_users:\n  " + user + ": " + string(hash) + "\n", Username: user, Password: password})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, prom.WaitForSamples(ctx, "ebb_test_error_rate", 1), prom.LogTail(20))
+
+	// The bearer gateway: the token, or 401; then on to Prometheus with its basic auth.
+	upstream, err := url.Parse(prom.URL)
+	require.NoError(t, err)
+	proxy := httputil.NewSingleHostReverseProxy(upstream)
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+token {
+			http.Error(w, "Unauthorized", http.StatusUnauthorized)
+			return
+		}
+		r.SetBasicAuth(user, password)
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(gateway.Close)
+
+	// ebb's namespace holds the Secret; a file holds the same credentials.
+	cs := kubernetes.NewForConfigOrDie(cluster.Config)
+	ns, err := cs.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ebb-metrics-auth-"}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = cs.CoreV1().Secrets(ns.Name).Create(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "prometheus"},
+		StringData: map[string]string{"password": password, "token": token, "wrong": "not-it"}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	secrets := secretKeys{client: cs, namespace: ns.Name}
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "password"), []byte(password), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "token"), []byte(token+"\n"), 0o600))
+
+	secret := func(key string) planner.SecretSource {
+		return planner.SecretSource{Secret: &planner.SecretKeyRef{Name: "prometheus", Key: key}}
+	}
+	basic := func(s planner.SecretSource) *planner.MetricsAuth {
+		return &planner.MetricsAuth{BasicAuth: &planner.MetricsBasicAuth{Username: user, Password: s}}
+	}
+	bearer := func(s planner.SecretSource) *planner.MetricsAuth { return &planner.MetricsAuth{BearerToken: &s} }
+	tests := []struct {
+		name   string
+		server string
+		auth   *planner.MetricsAuth
+		want   []string // nil: passes
+	}{
+		{"basic auth from a Secret", prom.URL, basic(secret("password")), nil},
+		{"basic auth from a file", prom.URL, basic(planner.SecretSource{File: filepath.Join(dir, "password")}), nil},
+		{"bearer token from a Secret", gateway.URL, bearer(secret("token")), nil},
+		{"bearer token from a file", gateway.URL, bearer(planner.SecretSource{File: filepath.Join(dir, "token")}), nil},
+		{"no credentials", prom.URL, nil, []string{"refused ebb's credentials", "401", "verify.metrics.auth"}},
+		{"wrong password", prom.URL, basic(secret("wrong")), []string{"refused ebb's credentials", "401"}},
+		{"wrong token", gateway.URL, bearer(secret("wrong")), []string{"refused ebb's credentials", "401"}},
+		{"missing Secret key", prom.URL, basic(secret("absent")), []string{`Secret ` + ns.Name + `/prometheus has no key "absent"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m := &planner.MetricsCheck{Prometheus: tt.server, Query: `ebb_test_error_rate{case="healthy"}`, Max: bound(0.05),
+				Interval: planner.Duration{Duration: 300 * time.Millisecond}, For: planner.Duration{Duration: time.Second}, Auth: tt.auth}
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			err := newMetricsCheck(m, secrets).Run(ctx, nil)
+			if tt.want == nil {
+				require.NoError(t, err)
+				return
+			}
+			var verr *VerificationError
+			require.ErrorAs(t, err, &verr)
+			for _, w := range tt.want {
+				assert.Contains(t, verr.Reason, w)
+			}
+			for _, secret := range []string{password, token, string(hash)} {
+				assert.NotContains(t, verr.Reason, secret)
+			}
 		})
 	}
 }

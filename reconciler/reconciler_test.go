@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -189,6 +190,16 @@ func (f *fixture) eventReasons(ns, name string) []string {
 	return reasons
 }
 
+// subset reports whether every one of want is in have.
+func subset(have []string, want ...string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
+
 func (f *fixture) executions() []Execution {
 	all, err := f.r.Store().ListExecutions(context.Background(), "web")
 	require.NoError(f.t, err)
@@ -226,9 +237,12 @@ func TestRollbackToLastKnownGood(t *testing.T) {
 	require.Len(t, ledger.Status.Failed, 1)
 	assert.Equal(t, "c2", ledger.Status.Failed[0].Commit)
 
-	// Events tell the story on the Deployment and on the execution.
-	assert.Subset(t, f.eventReasons(f.ns, "web"), []string{"ReleaseVerified", "ReleaseFailed", "RolledBack"})
-	assert.Subset(t, f.eventReasons(f.records, "web-2"), []string{"RUNNING", "ROLLING_BACK", "ROLLBACK_COMPLETED"})
+	// Events tell the story on the Deployment and on the execution (client-go sends them in
+	// the background).
+	assert.Eventually(t, func() bool {
+		return subset(f.eventReasons(f.ns, "web"), "ReleaseVerified", "ReleaseFailed", "RolledBack") &&
+			subset(f.eventReasons(f.records, "web-2"), "RUNNING", "ROLLING_BACK", "ROLLBACK_COMPLETED")
+	}, 10*time.Second, 20*time.Millisecond, "reasons on the Deployment: %v; on the execution: %v", f.eventReasons(f.ns, "web"), f.eventReasons(f.records, "web-2"))
 
 	// Quarantine: polling the bad commit again, or an unrelated commit with the same
 	// release, applies nothing and records nothing.

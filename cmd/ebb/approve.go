@@ -47,6 +47,7 @@ func newDecideCommand(approved bool) *cobra.Command {
 		},
 	}
 	f.records.add(cmd)
+	cmd.ValidArgsFunction = completeExecutions(&f.records)
 	cmd.Flags().StringVar(&f.stage, "stage", "", "the stage to decide, when the execution waits in several")
 	cmd.Flags().StringVar(&f.comment, "comment", "", "why, recorded with the decision")
 	return cmd
@@ -55,7 +56,7 @@ func newDecideCommand(approved bool) *cobra.Command {
 // decide records the decision on the execution's open approval in the caller's name.
 func decide(cmd *cobra.Command, execution string, approved bool, f decideFlags) error {
 	ctx := cmd.Context()
-	cfg, err := restConfig(f.records.kubeconfig)
+	cfg, err := f.records.restConfig()
 	if err != nil {
 		return err
 	}

@@ -54,7 +54,7 @@ func newApprovalFixture(t *testing.T) *approvalFixture {
 	top, err := testcluster.ModuleRoot()
 	require.NoError(t, err)
 	require.NoError(t, reconciler.InstallCRDs(ctx, dyn, filepath.Join(top, "charts", "ebb", "crds")))
-	applyFile(t, dyn, filepath.Join(top, "charts", "ebb", "templates", "approval-policy.yaml"))
+	applyFile(t, dyn, filepath.Join(top, "charts", "ebb", "files", "approval-policy.yaml"))
 
 	ns, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ebb-approvals-"}}, metav1.CreateOptions{})
 	require.NoError(t, err)

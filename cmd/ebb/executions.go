@@ -1,10 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -12,59 +10,32 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/duration"
-	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"ebb.dev/ebb/internal/redact"
 	"ebb.dev/ebb/reconciler"
 )
 
-// recordFlags locate the execution records: the cluster and namespace ebb runs in.
-type recordFlags struct {
-	kubeconfig, namespace string
-}
-
-func (f *recordFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster ebb runs in (default: $KUBECONFIG or in-cluster)")
-	cmd.Flags().StringVarP(&f.namespace, "namespace", "n", "ebb-system", "namespace of the execution records")
-}
-
-func (f *recordFlags) store() (*reconciler.Store, error) {
-	dyn, err := f.client()
-	if err != nil {
-		return nil, err
-	}
-	return reconciler.NewStore(dyn, f.namespace), nil
-}
-
-func (f *recordFlags) client() (dynamic.Interface, error) {
-	cfg, err := restConfig(f.kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	return dynamic.NewForConfig(cfg)
-}
-
 func newExecutionsCommand() *cobra.Command {
 	var (
 		rf       recordFlags
 		pipeline string
-		output   string
+		output   outputFlags
 		follow   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "executions [--pipeline P] [-o wide|yaml|json] [--watch]",
+		Use:   "executions [--pipeline P] [-o wide|yaml|json|name|jsonpath=...] [--watch]",
 		Short: "List executions, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(output, "", "wide", "yaml", "json"); err != nil {
+			if err := output.validate(); err != nil {
 				return err
 			}
 			if follow {
-				if output != "" && output != "wide" {
-					return usageErrorf("--watch draws the table: -o %s cannot be watched", output)
+				table, wide := output.table()
+				if !table {
+					return usageErrorf("--watch draws the table: -o %s cannot be watched", output.format())
 				}
-				return watchTable(cmd, rf, pipeline, output == "wide")
+				return watchTable(cmd, rf, pipeline, wide)
 			}
 			store, err := rf.store()
 			if err != nil {
@@ -74,17 +45,21 @@ func newExecutionsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			switch output {
-			case "yaml", "json":
-				return printObject(cmd.OutOrStdout(), output, map[string]any{"apiVersion": "v1", "kind": "List", "items": list})
+			if table, wide := output.table(); table {
+				printExecutions(cmd.OutOrStdout(), list, wide, time.Now())
+				return nil
 			}
-			printExecutions(cmd.OutOrStdout(), list, output == "wide", time.Now())
-			return nil
+			objects := make([]any, len(list))
+			for i := range list {
+				objects[i] = &list[i]
+			}
+			return output.printObjects(cmd.OutOrStdout(), "Execution", true, objects...)
 		},
 	}
 	rf.add(cmd)
 	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only the executions of this pipeline")
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: wide, yaml or json")
+	_ = cmd.RegisterFlagCompletionFunc("pipeline", completePipelines(&rf, false))
+	output.add(cmd, "wide")
 	cmd.Flags().BoolVarP(&follow, "watch", "w", false, "redraw the table as executions move; exit when none is running")
 	return cmd
 }
@@ -117,25 +92,25 @@ func printExecutions(w io.Writer, list []reconciler.Execution, wide bool, now ti
 func newExecutionCommand() *cobra.Command {
 	var (
 		rf     recordFlags
-		output string
+		output outputFlags
 		follow bool
 	)
 	cmd := &cobra.Command{
-		Use:   "execution NAME#N [-o yaml|json] [--watch]",
+		Use:   "execution NAME#N [-o yaml|json|name|jsonpath=...] [--watch]",
 		Short: "Show one execution's stages and tasks, with statuses, durations, messages and comments",
 		Example: `  ebb execution web#3
   ebb execution web_dev_rollback#1 -o yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output, "", "yaml", "json"); err != nil {
+			if err := output.validate(); err != nil {
 				return err
 			}
 			if _, _, err := reconciler.ParseDisplayName(args[0]); err != nil {
 				return usageErrorf("%v", err)
 			}
 			if follow {
-				if output != "" {
-					return usageErrorf("--watch draws the tree: -o %s cannot be watched", output)
+				if output.format() != "" {
+					return usageErrorf("--watch draws the tree: -o %s cannot be watched", output.format())
 				}
 				return watchTree(cmd, rf, args[0])
 			}
@@ -150,15 +125,16 @@ func newExecutionCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output != "" {
-				return printObject(cmd.OutOrStdout(), output, x)
+			if table, _ := output.table(); !table {
+				return output.printObjects(cmd.OutOrStdout(), "Execution", false, x)
 			}
 			printExecutionTree(cmd.OutOrStdout(), x, time.Now())
 			return nil
 		},
 	}
 	rf.add(cmd)
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: yaml or json")
+	cmd.ValidArgsFunction = completeExecutions(&rf)
+	output.add(cmd)
 	cmd.Flags().BoolVarP(&follow, "watch", "w", false, "redraw the tree as the execution moves; exit when it ends")
 	return cmd
 }
@@ -198,32 +174,6 @@ func printExecutionTree(w io.Writer, x *reconciler.Execution, now time.Time) {
 			fmt.Fprintf(w, "%s%s %s  %s  %s%s\n", indent, tb, t.Name, orDash(string(t.Status)), span(t.StartedAt, t.FinishedAt, now), message(t.Message))
 		}
 	}
-}
-
-func printObject(w io.Writer, format string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	if format == "yaml" {
-		if data, err = yaml.JSONToYAML(data); err != nil {
-			return err
-		}
-	} else {
-		data = append(data, '\n')
-	}
-	// Records written before URLs were redacted where they are made may still hold one.
-	_, err = io.WriteString(w, redact.Text(string(data)))
-	return err
-}
-
-func checkOutput(got string, allowed ...string) error {
-	for _, a := range allowed {
-		if got == a {
-			return nil
-		}
-	}
-	return usageErrorf("--output %q: want one of %s", got, strings.Join(allowed[1:], ", "))
 }
 
 func span(start, end *metav1.Time, now time.Time) string {

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"ebb.dev/ebb/reconciler"
@@ -76,11 +79,24 @@ func TestPrintExecutionsRedactsURLs(t *testing.T) {
 	printExecutions(&table, []reconciler.Execution{x}, false, now)
 	printExecutions(&wide, []reconciler.Execution{x}, true, now)
 	printExecutionTree(&tree, &x, now)
-	assert.NoError(t, printObject(&yamlOut, "yaml", x))
-	assert.NoError(t, printObject(&jsonOut, "json", x))
-	for name, out := range map[string]string{"table": table.String(), "wide": wide.String(), "tree": tree.String(), "yaml": yamlOut.String(), "json": jsonOut.String()} {
+	assert.NoError(t, printAs(t, "yaml", &yamlOut, &x))
+	assert.NoError(t, printAs(t, "json", &jsonOut, &x))
+	var jsonpath bytes.Buffer
+	assert.NoError(t, printAs(t, "jsonpath={.status.comment}", &jsonpath, &x))
+	for name, out := range map[string]string{"table": table.String(), "wide": wide.String(), "tree": tree.String(), "yaml": yamlOut.String(), "json": jsonOut.String(), "jsonpath": jsonpath.String()} {
 		assert.NotContains(t, out, "hunter2", name)
 		assert.Contains(t, out, "http://web.dev/healthz?token=***", name)
 	}
 	assert.Contains(t, tree.String(), "http://***@web.dev/healthz failed")
+}
+
+// printAs prints x as `ebb execution -o format` does.
+func printAs(t *testing.T, format string, w io.Writer, x *reconciler.Execution) error {
+	t.Helper()
+	var o outputFlags
+	cmd := &cobra.Command{}
+	o.add(cmd)
+	require.NoError(t, cmd.Flags().Set("output", format))
+	require.NoError(t, o.validate())
+	return o.printObjects(w, "Execution", false, x)
 }

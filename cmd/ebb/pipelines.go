@@ -16,10 +16,10 @@ import (
 func newPipelinesCommand() *cobra.Command {
 	var (
 		rf     recordFlags
-		output string
+		output outputFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "pipelines [-o wide|yaml|json]",
+		Use:   "pipelines [-o wide|yaml|json|name|jsonpath=...]",
 		Short: "List the pipelines found in Git, with whether each is in sync and why not",
 		Long: `List the Pipeline objects the daemon writes, one per pipeline found in Git: whether it is
 Ready, the reason (Succeeded, Running, InvalidPipeline, RemovedFromGit, ...), the last commit
@@ -29,7 +29,7 @@ file:line:col. -o yaml shows each stage's current, last known-good and quarantin
   ebb pipelines -o yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(output, "", "wide", "yaml", "json"); err != nil {
+			if err := output.validate(); err != nil {
 				return err
 			}
 			store, err := rf.store()
@@ -40,16 +40,19 @@ file:line:col. -o yaml shows each stage's current, last known-good and quarantin
 			if err != nil {
 				return err
 			}
-			switch output {
-			case "yaml", "json":
-				return printObject(cmd.OutOrStdout(), output, map[string]any{"apiVersion": "v1", "kind": "List", "items": list})
+			if table, wide := output.table(); table {
+				printPipelines(cmd.OutOrStdout(), list, wide, time.Now())
+				return nil
 			}
-			printPipelines(cmd.OutOrStdout(), list, output == "wide", time.Now())
-			return nil
+			objects := make([]any, len(list))
+			for i := range list {
+				objects[i] = &list[i]
+			}
+			return output.printObjects(cmd.OutOrStdout(), "Pipeline", true, objects...)
 		},
 	}
 	rf.add(cmd)
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: wide, yaml or json")
+	output.add(cmd, "wide")
 	return cmd
 }
 

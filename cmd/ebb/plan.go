@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -29,9 +30,11 @@ type planFlags struct {
 	repoFlags
 	pipeline, stage, namespace string
 	configFile                 string
-	kubeconfig, context        string
-	records                    string
-	output                     string
+	// kube are kubectl's connection flags (--kubeconfig, --context, --as, ...) without -n,
+	// which selects stages here.
+	kube    *genericclioptions.ConfigFlags
+	records string
+	output  string
 }
 
 func newPlanCommand() *cobra.Command {
@@ -70,8 +73,10 @@ cluster could not be read; 2 bad usage.`,
 	fl.StringVar(&f.stage, "stage", "", "only this stage")
 	fl.StringVarP(&f.namespace, "namespace", "n", "", "only stages that deploy into this namespace")
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters")
-	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-	fl.StringVar(&f.context, "context", "", "kubeconfig context for stages whose cluster has no context of its name")
+	f.kube = genericclioptions.NewConfigFlags(false)
+	f.kube.Namespace, f.kube.CacheDir = nil, nil // -n selects stages; no discovery
+	f.kube.AddFlags(fl)
+	fl.Lookup("context").Usage = "kubeconfig context for stages whose cluster has no context of its name, and of the records"
 	fl.StringVar(&f.records, "records-namespace", "ebb-system", "namespace of ebb's records (stage ledgers) in the --kubeconfig cluster: their inventories say what would be pruned")
 	fl.StringVarP(&f.output, "output", "o", "", "output format: yaml or json")
 	_ = cmd.MarkFlagRequired("repo")
@@ -175,7 +180,7 @@ type ledgerReader struct {
 
 func newLedgerReader(ctx context.Context, stderr io.Writer, f planFlags) *ledgerReader {
 	l := &ledgerReader{stderr: stderr}
-	cfg, err := kubeContextConfig(f.kubeconfig, f.context)
+	cfg, err := f.contextConfig("")
 	if err == nil {
 		var dyn dynamic.Interface
 		if dyn, err = dynamic.NewForConfig(cfg); err == nil {
@@ -276,11 +281,11 @@ func (c *clusterDiffers) restConfig(ctx context.Context, name string) (*rest.Con
 			return c.fromConfig(ctx, cl)
 		}
 	}
-	context := c.flags.context
-	if context == "" && hasContext(c.flags.kubeconfig, name) {
+	context := ""
+	if *c.flags.kube.Context == "" && hasContext(*c.flags.kube.KubeConfig, name) {
 		context = name
 	}
-	cfg, err := kubeContextConfig(c.flags.kubeconfig, context)
+	cfg, err := c.flags.contextConfig(context)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", name, err)
 	}
@@ -291,7 +296,7 @@ func (c *clusterDiffers) restConfig(ctx context.Context, name string) (*rest.Con
 func (c *clusterDiffers) fromConfig(ctx context.Context, cl *config.Cluster) (*rest.Config, error) {
 	var home kubernetes.Interface
 	if cl.KubeconfigSecret != nil {
-		cfg, err := kubeContextConfig(c.flags.kubeconfig, c.flags.context)
+		cfg, err := c.flags.contextConfig("")
 		if err != nil {
 			return nil, err
 		}
@@ -302,13 +307,15 @@ func (c *clusterDiffers) fromConfig(ctx context.Context, cl *config.Cluster) (*r
 	return cl.RESTConfig(ctx, home)
 }
 
-// kubeContextConfig loads a kubeconfig (or $KUBECONFIG, ~/.kube/config, in-cluster) with a
-// context ("" for the current one).
-func kubeContextConfig(kubeconfig, context string) (*rest.Config, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: context}).ClientConfig()
+// contextConfig is the client config of the connection flags (or $KUBECONFIG,
+// ~/.kube/config, in-cluster), with context instead of --context when not "".
+func (f planFlags) contextConfig(context string) (*rest.Config, error) {
+	if context != "" {
+		saved := *f.kube.Context
+		*f.kube.Context = context
+		defer func() { *f.kube.Context = saved }()
+	}
+	cfg, err := f.kube.ToRESTConfig() // a new loader each call: the flags are not persistent
 	if err != nil {
 		return nil, fmt.Errorf("load kubeconfig: %w", err)
 	}

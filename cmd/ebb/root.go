@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Exit codes, as kubectl uses them: 1 when the command ran and found a problem (a failed
@@ -45,6 +44,10 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	err := cmd.ExecuteContext(ctx)
+	if err != nil && strings.HasPrefix(err.Error(), "unknown command ") {
+		// cobra finds the command before any hook runs, and does not type this error.
+		err = &usageError{msg: err.Error()}
+	}
 	var usage *usageError
 	if code, ok := exitCodeOf(err); ok {
 		return code
@@ -73,6 +76,17 @@ func newRootCommand() *cobra.Command {
 	}
 	// Flag errors are usage errors (exit 2), as in kubectl.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
+	// So are a missing required flag and a flag group broken: checked here, before cobra checks
+	// them with untyped errors.
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := cmd.ValidateRequiredFlags(); err != nil {
+			return &usageError{msg: err.Error()}
+		}
+		if err := cmd.ValidateFlagGroups(); err != nil {
+			return &usageError{msg: err.Error()}
+		}
+		return nil
+	}
 	root.AddCommand(
 		newRunCommand(),
 		newPipelinesCommand(),
@@ -84,20 +98,25 @@ func newRootCommand() *cobra.Command {
 		newApproveCommand(),
 		newRejectCommand(),
 		newDashboardCommand(),
+		newReconcileCommand(),
+		newVersionCommand(),
 	)
+	usageArgs(root)
+	completeModels(root)
 	return root
 }
 
-// restConfig loads a kubeconfig file, or $KUBECONFIG and ~/.kube/config, or the in-cluster
-// config, in kubectl's order.
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	if kubeconfig != "" {
-		rules.ExplicitPath = kubeconfig
+// usageArgs makes a wrong number or kind of arguments a usage error (exit 2) on every command.
+func usageArgs(c *cobra.Command) {
+	if check := c.Args; check != nil {
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := check(cmd, args); err != nil {
+				return &usageError{msg: err.Error()}
+			}
+			return nil
+		}
 	}
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	for _, sub := range c.Commands() {
+		usageArgs(sub)
 	}
-	return cfg, nil
 }

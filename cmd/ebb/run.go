@@ -30,7 +30,7 @@ type runFlags struct {
 	kubeBurst               int
 	maxConcurrent           int
 	configFile, listen      string
-	kubeconfig, namespace   string
+	kube                    recordFlags
 	cacheDir, credsDir      string
 	webhookSecretFile       string
 	leaderElect             bool
@@ -69,8 +69,10 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.DurationVar(&f.retryBackoff, "retry-backoff", 30*time.Second, "first wait before trying again after a cluster could not answer (unreachable, overloaded, forbidden); it doubles with each attempt, up to 1h")
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters stages deploy to")
 	fl.StringVar(&f.listen, "listen", ":8080", "address serving /metrics, /healthz, /readyz and /webhook; empty to serve nothing")
-	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster ebb records executions in (default: in-cluster, or $KUBECONFIG)")
-	fl.StringVarP(&f.namespace, "namespace", "n", "", "namespace of the execution records and the leader Lease (default: $POD_NAMESPACE, or ebb-system)")
+	// kubectl's connection flags (--kubeconfig, --context, -n, --as, ...) for the cluster ebb
+	// records executions in; default in-cluster, or $KUBECONFIG.
+	f.kube.add(cmd)
+	fl.Lookup("namespace").Usage = "namespace of the execution records and the leader Lease (default: $POD_NAMESPACE, else the kubeconfig context's namespace, else ebb-system)"
 	fl.StringVar(&f.cacheDir, "cache-dir", filepath.Join(os.TempDir(), "ebb-cache"), "directory of the local Git clone")
 	fl.StringVar(&f.credsDir, "git-credentials-dir", "", "directory of Git credential files (a mounted Secret)")
 	fl.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file holding the push webhook secret")
@@ -89,12 +91,14 @@ func runDaemon(ctx context.Context, f runFlags) error {
 		return usageErrorf("--log-level: %v", err)
 	}
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// client-go logs through klog (leader election, watches, throttling): into the same JSON.
+	daemon.RouteKlog(logger)
 
 	cfg, err := config.Load(f.configFile)
 	if err != nil {
 		return err
 	}
-	home, err := restConfig(f.kubeconfig)
+	home, err := f.kube.restConfig()
 	if err != nil {
 		return err
 	}
@@ -113,12 +117,12 @@ func runDaemon(ctx context.Context, f runFlags) error {
 	if err != nil {
 		return err
 	}
-	ns := f.namespace
+	ns := *f.kube.kube.Namespace
 	if ns == "" {
 		ns = os.Getenv("POD_NAMESPACE")
 	}
 	if ns == "" {
-		ns = "ebb-system"
+		ns = f.kube.namespace // the context's, else ebb-system
 	}
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)

@@ -2,7 +2,7 @@
 // Kubernetes identity. `ebb approve`, `ebb reject` and the dashboard decide through it, so they
 // find the open approval, refuse an expired one and report the API server's refusal the same
 // way. The API server, not this package, decides who may approve
-// (charts/ebb/templates/approval-policy.yaml).
+// (charts/ebb/files/approval-policy.yaml).
 package approvals
 
 import (

@@ -43,7 +43,9 @@ const (
 
 // installChart serves a new Git repository with basic auth, creates the namespace and the Git
 // credentials and webhook Secrets with kubectl, and runs `helm install` with set, as the
-// quickstart in docs/install.md does. before runs after the Secrets exist, before helm.
+// quickstart in docs/install.md does. before runs after the Secrets exist, before helm. The CRDs
+// are the cluster's already (TestMain applied them), as for a second release in a cluster:
+// crds.install is false. TestUpgradeFromPreviousChart tests the chart's own CRDs.
 func installChart(t *testing.T, release, namespace string, before func(*install), set ...string) *install {
 	t.Helper()
 	dir := t.TempDir()
@@ -74,6 +76,7 @@ func installChart(t *testing.T, release, namespace string, before func(*install)
 		"--set", "git.url=" + in.repoURL,
 		"--set", "git.credentials.existingSecret=ebb-git",
 		"--set", "webhook.existingSecret=ebb-webhook",
+		"--set", "crds.install=false",
 		"--wait", "--timeout", "60s"}
 	for _, s := range set {
 		args = append(args, "--set", s)

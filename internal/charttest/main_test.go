@@ -9,8 +9,11 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/client-go/dynamic"
+
 	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/internal/testcluster"
+	"ebb.dev/ebb/reconciler"
 )
 
 var (
@@ -57,6 +60,11 @@ func testMain(m *testing.M) int {
 		return fail(err)
 	}
 	defer dev.Stop()
+	// The CRDs, as kubectl apply -f charts/ebb/crds/ puts them: the releases tests install in
+	// dev find them there (crds.install=false); prod gets the chart's own.
+	if err := reconciler.InstallCRDs(ctx, dynamic.NewForConfigOrDie(dev.Config), filepath.Join(chartDir, "crds")); err != nil {
+		return fail(err)
+	}
 	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod"}); err != nil {
 		return fail(err)
 	}
@@ -73,12 +81,19 @@ func fail(err error) int {
 	return 1
 }
 
-// helm runs helm with args and returns its combined output.
+// helm runs helm with args and returns its standard output, followed by its standard error
+// when it fails. (Run from the source tree, helm logs to standard error that it follows the
+// link files/crds; a packaged chart has no link.)
 func helm(args ...string) (string, error) {
 	cmd := exec.Command(helmBin, args...)
 	cmd.Env = append(os.Environ(), helmEnv...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out) + stderr.String(), err
+	}
+	return string(out), nil
 }
 
 // kubectl runs kubectl against the cluster of kubeconfig, with stdin when not empty.

@@ -4,6 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 
 	"ebb.dev/ebb/internal/config"
 	"ebb.dev/ebb/planner"
@@ -75,27 +81,40 @@ func args(t *testing.T, r rendered) []string {
 	return d.Spec.Template.Spec.Containers[0].Args
 }
 
+// TestLint: `helm lint --strict` passes on the chart as it is, with no values (the required
+// git.url is reported, not failed, as helm does for required values), and with each values file
+// of ci/.
 func TestLint(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		values []string
-	}{
-		{"defaults", []string{"git.url=https://git.example.com/team/deploy.git"}},
-		{"namespaced RBAC, monitoring, webhook ingress", []string{
-			"git.url=https://git.example.com/team/deploy.git", "rbac.scope=namespaces", "rbac.namespaces={team-a,team-b}",
-			"serviceMonitor.enabled=true", "ingress.enabled=true", "ingress.host=ebb.example.com", "webhook.existingSecret=ebb-webhook",
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(chartDir, "ci", "*-values.yaml"))
+	require.NoError(t, err)
+	require.Len(t, files, 2, "ci/ holds the lint values")
+	for _, tc := range append([]string{""}, files...) {
+		t.Run(filepath.Base(tc), func(t *testing.T) {
 			args := []string{"lint", "--strict", chartDir}
-			for _, v := range tc.values {
-				args = append(args, "--set", v)
+			if tc != "" {
+				args = append(args, "--values", tc)
 			}
 			out, err := helm(args...)
 			require.NoError(t, err, out)
 			assert.Contains(t, out, "1 chart(s) linted, 0 chart(s) failed")
+			assert.NotContains(t, out, "[WARNING]")
+			assert.NotContains(t, out, "[ERROR]")
 		})
 	}
+}
+
+// chartAppVersion is Chart.yaml's appVersion: the version of the image, and of the binary the
+// Makefile builds.
+func chartAppVersion(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
+	require.NoError(t, err)
+	var chart struct {
+		AppVersion string `json:"appVersion"`
+	}
+	require.NoError(t, yaml.Unmarshal(data, &chart))
+	require.NotEmpty(t, chart.AppVersion)
+	return chart.AppVersion
 }
 
 func TestTemplate(t *testing.T) {
@@ -111,7 +130,7 @@ func TestTemplate(t *testing.T) {
 			check: func(t *testing.T, r rendered) {
 				for kind, key := range map[string]string{
 					"ServiceAccount": "ebb-system/ebb", "ConfigMap": "ebb-system/ebb", "Service": "ebb-system/ebb",
-					"Role": "ebb-system/ebb", "RoleBinding": "ebb-system/ebb", "ClusterRole": "/ebb-deploy", "ClusterRoleBinding": "/ebb-deploy",
+					"Role": "ebb-system/ebb", "RoleBinding": "ebb-system/ebb", "ClusterRole": "/ebb-ebb-system-deploy", "ClusterRoleBinding": "/ebb-ebb-system-deploy",
 				} {
 					assert.Contains(t, r.names(kind), key, kind)
 				}
@@ -133,7 +152,7 @@ func TestTemplate(t *testing.T) {
 					"--max-concurrent-executions=32", "--kube-qps=100", "--kube-burst=200",
 					"--config=/etc/ebb/config/config.yaml", "--listen=:8080", "--cache-dir=/var/cache/ebb",
 					"--leader-elect=true", "--identity=$(POD_NAME)", "--log-level=info"}, c.Args)
-				assert.Equal(t, "ghcr.io/ebb-dev/ebb:0.1.0", c.Image)
+				assert.Equal(t, "ghcr.io/ebb-dev/ebb:"+chartAppVersion(t), c.Image, "the image tag is the chart's appVersion")
 				assert.Equal(t, "metadata.namespace", c.Env[1].ValueFrom.FieldRef.FieldPath)
 				assert.Equal(t, "POD_NAMESPACE", c.Env[1].Name)
 				assert.True(t, *pod.SecurityContext.RunAsNonRoot)
@@ -166,20 +185,20 @@ func TestTemplate(t *testing.T) {
 			values: []string{"git.url=" + url, "rbac.scope=namespaces", "rbac.namespaces={team-a,team-b}",
 				`rbac.extraRules[0].apiGroups={networking.k8s.io}`, "rbac.extraRules[0].resources={ingresses}", "rbac.extraRules[0].verbs={get,list,create,patch,delete}"},
 			check: func(t *testing.T, r rendered) {
-				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-deploy", "team-b/ebb-deploy"}, r.names("Role"))
-				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-deploy", "team-b/ebb-deploy"}, r.names("RoleBinding"))
-				assert.Equal(t, []string{"/ebb-namespaces"}, r.names("ClusterRole"), "no cluster-wide deploy rights")
+				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-ebb-system-deploy", "team-b/ebb-ebb-system-deploy"}, r.names("Role"))
+				assert.ElementsMatch(t, []string{"ebb-system/ebb", "team-a/ebb-ebb-system-deploy", "team-b/ebb-ebb-system-deploy"}, r.names("RoleBinding"))
+				assert.Equal(t, []string{"/ebb-ebb-system-namespaces"}, r.names("ClusterRole"), "no cluster-wide deploy rights")
 				var cr rbacv1.ClusterRole
-				r.into(t, "ClusterRole", "/ebb-namespaces", &cr)
+				r.into(t, "ClusterRole", "/ebb-ebb-system-namespaces", &cr)
 				require.Len(t, cr.Rules, 1)
 				assert.Equal(t, []string{"team-a", "team-b"}, cr.Rules[0].ResourceNames)
 				assert.Equal(t, []string{"get", "patch"}, cr.Rules[0].Verbs)
 				var role rbacv1.Role
-				r.into(t, "Role", "team-b/ebb-deploy", &role)
+				r.into(t, "Role", "team-b/ebb-ebb-system-deploy", &role)
 				last := role.Rules[len(role.Rules)-1]
 				assert.Equal(t, []string{"ingresses"}, last.Resources, "extraRules are added")
 				var rb rbacv1.RoleBinding
-				r.into(t, "RoleBinding", "team-a/ebb-deploy", &rb)
+				r.into(t, "RoleBinding", "team-a/ebb-ebb-system-deploy", &rb)
 				assert.Equal(t, rbacv1.Subject{Kind: "ServiceAccount", Name: "ebb", Namespace: "ebb-system"}, rb.Subjects[0])
 			},
 		},
@@ -190,7 +209,8 @@ func TestTemplate(t *testing.T) {
 				"ingress.enabled=true", "ingress.host=ebb.example.com", "ingress.tlsSecretName=ebb-tls", "replicaCount=2",
 				"clusters[0].name=dev", "clusters[0].inCluster=true",
 				"clusters[1].name=prod", "clusters[1].kubeconfigSecret.name=prod-kubeconfig",
-				"clusters[2].name=edge", "clusters[2].kubeconfigSecret.name=edge-kubeconfig", "clusters[2].kubeconfigSecret.key=value"},
+				"clusters[2].name=edge", "clusters[2].kubeconfigSecret.name=edge-kubeconfig", "clusters[2].kubeconfigSecret.key=value",
+				"rbac.metricsSecrets={prometheus-auth}"},
 			check: func(t *testing.T, r rendered) {
 				cfg := r.daemonConfig(t, "ebb-system/ebb")
 				assert.Equal(t, []string{"dev", "prod", "edge"}, cfg.ClusterNames())
@@ -199,9 +219,11 @@ func TestTemplate(t *testing.T) {
 
 				var role rbacv1.Role
 				r.into(t, "Role", "ebb-system/ebb", &role)
-				last := role.Rules[len(role.Rules)-1]
-				assert.Equal(t, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"},
-					ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get", "list", "watch"}}, last)
+				secrets := role.Rules[len(role.Rules)-2:]
+				assert.Equal(t, []rbacv1.PolicyRule{
+					{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"prod-kubeconfig", "edge-kubeconfig"}, Verbs: []string{"get", "list", "watch"}},
+					{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"prometheus-auth"}, Verbs: []string{"get"}},
+				}, secrets, "the kubeconfig Secrets and the metrics checks' Secrets, and no others")
 
 				a := args(t, r)
 				assert.Contains(t, a, "--tag=v1")
@@ -238,7 +260,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		values []string
 		want   []string
 	}{
-		{"missing git.url", nil, []string{"/git/url", "minLength"}},
+		{"missing git.url", nil, []string{"deployment.yaml", "git.url is required"}},
 		{"replicas as a string", []string{"git.url=x", "--set-string", "replicaCount=2"}, []string{"/replicaCount", "want integer"}},
 		{"unknown key", []string{"git.url=x", "--set", "replicas=2"}, []string{"additional properties 'replicas' not allowed"}},
 		{"unknown git key", []string{"git.url=x", "--set", "git.ref=main"}, []string{"additional properties 'ref' not allowed"}},
@@ -265,4 +287,21 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestVersionFromOnePlace: the Makefile builds the binary with the chart's appVersion, which is
+// also the image tag the chart deploys by default, and a binary so built says it.
+func TestVersionFromOnePlace(t *testing.T) {
+	root := filepath.Dir(filepath.Dir(chartDir))
+	want := chartAppVersion(t)
+	out, err := exec.Command("make", "-s", "-C", root, "version").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Equal(t, want, strings.TrimSpace(string(out)))
+
+	bin := filepath.Join(t.TempDir(), "ebb")
+	out, err = exec.Command("make", "-s", "-C", root, "build", "BIN="+bin).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	out, err = exec.Command(bin, "version", "--client").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Regexp(t, `^Client Version: `+regexp.QuoteMeta(want)+` \(`, string(out))
 }

@@ -204,6 +204,7 @@ func (d *Daemon) lead(ctx context.Context) error {
 		return fmt.Errorf("resume executions: %w", err)
 	}
 	go d.resync(ctx)
+	go d.watchReconcileRequests(ctx) // reconcile.go
 	if dir, ok := gitsource.LocalPath(d.opts.Source.URL); ok {
 		// A local repository: a commit reaches the planner at once, not on the next poll.
 		w, err := gitsource.NewWatcher(dir, d.source, d.log)

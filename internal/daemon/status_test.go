@@ -274,7 +274,8 @@ func TestPipelineStatus(t *testing.T) {
 	assert.Equal(t, ledger.Status.LastKnownGood, stage.LastKnownGood)
 	assert.Equal(t, "web#1", stage.Current.Execution)
 	assert.EqualValues(t, good.Generation, good.Status.ObservedGeneration)
-	assert.Equal(t, 1, eventsWith(e.events("web"), corev1.EventTypeNormal, "Succeeded"), "a Normal Event when it became Ready")
+	assert.Eventually(t, func() bool { return eventsWith(e.events("web"), corev1.EventTypeNormal, "Succeeded") == 1 }, 10*time.Second, 20*time.Millisecond,
+		"a Normal Event when it became Ready (client-go sends it in the background)")
 
 	t.Run("malformed next to the good one", func(t *testing.T) {
 		api := e.pipeline("api", ready(metav1.ConditionFalse, "InvalidPipeline"))
@@ -285,7 +286,7 @@ func TestPipelineStatus(t *testing.T) {
 		require.NotNil(t, api.Status.LastError)
 		assert.Equal(t, reconciler.PipelineError{Reason: "InvalidPipeline", Message: `pipelines/api.yaml:19:3: unknown field "strategy" in spec`,
 			File: "pipelines/api.yaml", Line: 19, Column: 3, Commit: first}, *api.Status.LastError)
-		assert.Equal(t, 1, eventsWith(e.events("api"), corev1.EventTypeWarning, "InvalidPipeline"))
+		assert.Eventually(t, func() bool { return eventsWith(e.events("api"), corev1.EventTypeWarning, "InvalidPipeline") == 1 }, 10*time.Second, 20*time.Millisecond)
 	})
 	t.Run("unknown cluster", func(t *testing.T) {
 		ghost := e.pipeline("ghost", ready(metav1.ConditionFalse, "InvalidPipeline"))

@@ -58,7 +58,7 @@ func installed(t testing.TB) {
 			installErr = err
 			return
 		}
-		policy := filepath.Join(moduleRoot, "charts", "ebb", "templates", "approval-policy.yaml")
+		policy := filepath.Join(moduleRoot, "charts", "ebb", "files", "approval-policy.yaml")
 		if out, err := exec.Command(kubectl, "--kubeconfig", cluster.Kubeconfig, "apply", "-f", policy).CombinedOutput(); err != nil {
 			installErr = fmt.Errorf("apply %s: %v\n%s", policy, err, out)
 		}

@@ -78,7 +78,7 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	policy := filepath.Join(moduleRoot, "charts", "ebb", "templates", "approval-policy.yaml")
+	policy := filepath.Join(moduleRoot, "charts", "ebb", "files", "approval-policy.yaml")
 	if out, err := exec.Command(kubectl, "--kubeconfig", dev.Kubeconfig, "apply", "-f", policy).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "apply %s: %v\n%s", policy, err, out)
 		return 1

@@ -32,6 +32,12 @@ type Options struct {
 	Binary string
 	// StartTimeout bounds the wait for /-/ready; default 30s.
 	StartTimeout time.Duration
+	// WebConfig is the server's --web.config.file (exporter-toolkit's format: basic_auth_users,
+	// tls_server_config); empty serves without auth.
+	WebConfig string
+	// Username and Password are the basic auth the Server's own requests send (the readiness
+	// wait, WaitForSamples), for a WebConfig with basic_auth_users.
+	Username, Password string
 }
 
 // Server is a running Prometheus.
@@ -42,6 +48,8 @@ type Server struct {
 	Dir string
 
 	proc *proc.Process
+	// username and password authenticate the server's own requests.
+	username, password string
 }
 
 // errMissing is returned when the prometheus binary cannot be found.
@@ -79,7 +87,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir}
+	s := &Server{Dir: dir, username: opts.Username, password: opts.Password}
 	defer func() {
 		if err != nil {
 			_ = s.Stop()
@@ -95,11 +103,19 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.URL = "http://127.0.0.1:" + strconv.Itoa(port)
-	if s.proc, err = proc.Start(dir, "prometheus", opts.Binary,
-		"--config.file="+config,
-		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address=127.0.0.1:"+strconv.Itoa(port),
-	); err != nil {
+	args := []string{
+		"--config.file=" + config,
+		"--storage.tsdb.path=" + filepath.Join(dir, "data"),
+		"--web.listen-address=127.0.0.1:" + strconv.Itoa(port),
+	}
+	if opts.WebConfig != "" {
+		web := filepath.Join(dir, "web.yml")
+		if err := os.WriteFile(web, []byte(opts.WebConfig), 0o600); err != nil {
+			return nil, err
+		}
+		args = append(args, "--web.config.file="+web)
+	}
+	if s.proc, err = proc.Start(dir, "prometheus", opts.Binary, args...); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
@@ -145,7 +161,12 @@ scrape_configs:
 func (s *Server) waitReady(ctx context.Context) error {
 	client := &http.Client{Timeout: time.Second}
 	for {
-		resp, err := client.Get(s.URL + "/-/ready")
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/-/ready", nil)
+		if err != nil {
+			return err
+		}
+		s.authenticate(req)
+		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -190,6 +211,7 @@ func (s *Server) count(ctx context.Context, client *http.Client, query string) (
 	if err != nil {
 		return 0, err
 	}
+	s.authenticate(req)
 	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err
@@ -209,6 +231,13 @@ func (s *Server) count(ctx context.Context, client *http.Client, query string) (
 		return 0, fmt.Errorf("query %q: %s", query, body.Error)
 	}
 	return len(body.Data.Result), nil
+}
+
+// authenticate adds the server's basic auth, if it has one, to req.
+func (s *Server) authenticate(req *http.Request) {
+	if s.username != "" {
+		req.SetBasicAuth(s.username, s.password)
+	}
 }
 
 // Stop kills the server's process group and removes its directory. It is safe to call more

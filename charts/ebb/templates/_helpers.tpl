@@ -54,7 +54,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 The rules a stage needs in the namespaces it deploys to, derived from the reconciler:
 server-side apply is a patch, and a create when the object does not exist yet; drift checks
 get; prune lists by label and deletes; rollout verification gets the Deployment and watches
-Deployments by label; Events are recorded on Deployments and restored objects.
+Deployments by label; Events (events.k8s.io/v1) are recorded on Deployments and restored
+objects, and patched when they repeat.
 */}}
 {{- define "ebb.deployRules" -}}
 - apiGroups: [""]
@@ -71,10 +72,20 @@ Deployments by label; Events are recorded on Deployments and restored objects.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, delete]
-- apiGroups: [""]
+- apiGroups: [events.k8s.io]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The name of the release's cluster-scoped objects (ClusterRoles and their bindings, the approval
+policy and its binding) and of its Roles in namespaces it shares with other releases: the full
+name and the release namespace, so that releases of the same name in two namespaces never
+claim the same object.
+*/}}
+{{- define "ebb.clusterName" -}}
+{{- printf "%s-%s" (include "ebb.fullname" .) .Release.Namespace | trunc 200 | trimSuffix "-" -}}
 {{- end -}}
