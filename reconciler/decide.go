@@ -74,6 +74,10 @@ type Target struct {
 	Pipeline *planner.Pipeline
 	Commit   Commit
 	Stages   []Desired
+	// Generation orders the targets of one pipeline as the source saw their commits: a
+	// pipeline offered a target of generation n ignores later offers of a lower one (a resync
+	// of the previous commit's targets that raced with the new commit's). Zero is unordered.
+	Generation int64
 }
 
 // Name is the pipeline's name.

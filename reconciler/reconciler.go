@@ -267,6 +267,7 @@ type worker struct {
 
 	mu      sync.Mutex
 	busy    bool
+	newest  int64      // the highest Target.Generation offered
 	current string     // commit of the execution in hand, while busy
 	next    *Target    // newest target not yet acted on
 	queued  *Execution // QUEUED record of next, if any
@@ -292,6 +293,10 @@ func (w *worker) resume(x *Execution, t *Target) {
 func (w *worker) offer(ctx context.Context, t *Target) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if t.Generation != 0 && t.Generation < w.newest {
+		return // an older commit's target, offered late: the newer one stands
+	}
+	w.newest = max(w.newest, t.Generation)
 	if w.busy && t.Commit.SHA == w.current {
 		return // that commit is being executed; a drift check waits for the next resync
 	}

@@ -106,3 +106,18 @@ func TestWaitingTakesNoSlot(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Waiting, x.Status.Phase, "web still waits for its approval")
 }
+
+// TestOlderTargetOfferedLateIsIgnored: a target of an older commit offered after a newer
+// one (the daemon's resync of the previous commit racing with the new commit) runs nothing:
+// the branch did not move back.
+func TestOlderTargetOfferedLateIsIgnored(t *testing.T) {
+	f := newFixture(t, true)
+	older, newer := f.commit("c1", "release 1.0", "1.0"), f.commit("c2", "release 2.0", "2.0")
+	older.Generation, newer.Generation = 1, 2
+	f.sync(newer)
+	f.waitFor("web#1", Completed)
+	f.sync(older)
+	f.settle()
+	assert.Len(t, f.executions(), 1, "the older commit ran")
+	assert.Equal(t, "registry.example/web:2.0", f.image())
+}

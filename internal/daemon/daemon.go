@@ -91,6 +91,9 @@ type Daemon struct {
 	kube     *kubeRequests
 	leading  atomic.Bool
 	polled   atomic.Bool
+	// snapshots numbers the snapshots planned, so that a pipeline takes no target of an
+	// older commit after a newer one (see reconciler.Target.Generation).
+	snapshots atomic.Int64
 
 	mu      sync.Mutex
 	targets []*reconciler.Target // of the last snapshot, re-synced for drift
@@ -266,6 +269,7 @@ func (d *Daemon) elect(ctx context.Context) error {
 // reconciler as soon as it renders: a pipeline slow to render delays no other's release.
 func (d *Daemon) onSnapshot(ctx context.Context, snap *gitsource.Snapshot) {
 	d.polled.Store(true)
+	gen := d.snapshots.Add(1)
 	ready := make(chan *reconciler.Target)
 	var (
 		targets []*reconciler.Target
@@ -276,6 +280,7 @@ func (d *Daemon) onSnapshot(ctx context.Context, snap *gitsource.Snapshot) {
 		targets, view = d.plan(snap, func(t *reconciler.Target) { ready <- t })
 	}()
 	for t := range ready {
+		t.Generation = gen
 		d.rec.Sync(ctx, []*reconciler.Target{t})
 	}
 	d.mu.Lock()
