@@ -95,12 +95,18 @@ func owner(pipeline, stage string) ssa.Owner { return ssa.Owner{Pipeline: pipeli
 // stage's inventory in its ledger, so that whatever a release (or a crash in the middle of
 // it) leaves in the cluster is known, and pruned once a release without it is verified.
 func (r *Reconciler) apply(ctx context.Context, cluster *Cluster, pipeline, stage string, objs []*unstructured.Unstructured) error {
+	_, err := r.applyObjects(ctx, cluster, pipeline, stage, objs)
+	return err
+}
+
+// applyObjects is apply, returning what was applied.
+func (r *Reconciler) applyObjects(ctx context.Context, cluster *Cluster, pipeline, stage string, objs []*unstructured.Unstructured) ([]ssa.Applied, error) {
 	if err := r.addToInventory(ctx, pipeline, stage, objs); err != nil {
-		return err
+		return nil, err
 	}
 	applied, err := cluster.SSA.Apply(ctx, objs, ssa.ApplyOptions{Owner: owner(pipeline, stage)})
 	ssa.Remember(r.inSync(pipeline, stage), applied)
-	return err
+	return applied, err
 }
 
 // addToInventory adds objs to the stage's inventory, writing its ledger only when that adds

@@ -150,6 +150,9 @@ func (s *stageRun) verify(ctx context.Context, sub subject) error {
 		return ctx.Err()
 	}
 	s.note(strings.Join(done, ", "))
+	if sub.at == atFull {
+		s.settle(ctx)
+	}
 	return nil
 }
 

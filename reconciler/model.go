@@ -3,6 +3,7 @@ package reconciler
 import (
 	"context"
 
+	"ebb.dev/ebb/internal/ssa"
 	"ebb.dev/ebb/planner"
 )
 
@@ -55,6 +56,8 @@ type stageRun struct {
 	d        *Desired
 	rec      *StageRecord
 	gates    []gate
+	// applied is what this run applied, for settle.
+	applied []ssa.Applied
 }
 
 // newStageRun prepares stage d of pipeline for this execution.

@@ -63,7 +63,16 @@ func (s *stageRun) rollOut(ctx context.Context) error {
 
 // apply applies objs to the stage's cluster, adding them to its inventory first.
 func (s *stageRun) apply(ctx context.Context, objs []*unstructured.Unstructured) error {
-	return s.r.apply(ctx, s.cluster, s.pipeline, s.stage().Name, objs)
+	applied, err := s.r.applyObjects(ctx, s.cluster, s.pipeline, s.stage().Name, objs)
+	s.applied = append(s.applied, applied...)
+	return err
+}
+
+// settle, once the release took all the traffic and passed, records what its controllers
+// changed since the apply (a Deployment's status) as in sync, so that the first drift check
+// after a release costs no request (ssa.Manager.Settle).
+func (s *stageRun) settle(ctx context.Context) {
+	s.cluster.SSA.Settle(ctx, s.cluster.Live, s.r.inSync(s.pipeline, s.stage().Name), s.applied)
 }
 
 // createResources makes sure the stage's namespace exists and applies the objects the

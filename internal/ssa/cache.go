@@ -60,13 +60,19 @@ func (c *LiveCache) Close() { c.stopOnce.Do(func() { close(c.stop) }) }
 // version returns the live resourceVersion of the object in mapping's resource, and whether
 // the watch knows the object. An error means the cache cannot tell.
 func (c *LiveCache) version(ctx context.Context, mapping *meta.RESTMapping, id ObjMeta) (string, bool, error) {
+	rv, _, ok, err := c.versionAndGeneration(ctx, mapping, id)
+	return rv, ok, err
+}
+
+// versionAndGeneration is version, with the object's live generation.
+func (c *LiveCache) versionAndGeneration(ctx context.Context, mapping *meta.RESTMapping, id ObjMeta) (string, int64, bool, error) {
 	ns := ""
 	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
 		ns = id.Namespace
 	}
 	w, err := c.watch(ctx, mapping.Resource, ns)
 	if err != nil {
-		return "", false, err
+		return "", 0, false, err
 	}
 	key := id.Name
 	if ns != "" {
@@ -74,13 +80,13 @@ func (c *LiveCache) version(ctx context.Context, mapping *meta.RESTMapping, id O
 	}
 	obj, exists, err := w.informer.GetStore().GetByKey(key)
 	if err != nil || !exists {
-		return "", false, err
+		return "", 0, false, err
 	}
 	m, err := meta.Accessor(obj)
 	if err != nil {
-		return "", false, err
+		return "", 0, false, err
 	}
-	return m.GetResourceVersion(), true, nil
+	return m.GetResourceVersion(), m.GetGeneration(), true, nil
 }
 
 // watch returns the synced watch of gvr that covers namespace ns, starting it if needed.

@@ -20,6 +20,9 @@ type ApplyOptions struct {
 type Applied struct {
 	Object          ObjMeta
 	ResourceVersion string
+	// Generation is the object's metadata.generation as applied: 0 for kinds whose API server
+	// does not count changes of their spec (ConfigMaps, Services).
+	Generation int64
 }
 
 // Apply server-side applies objs in order, as the Manager's field manager, taking ownership of
@@ -41,7 +44,7 @@ func (m *Manager) Apply(ctx context.Context, objs []*unstructured.Unstructured, 
 		if err != nil {
 			return out, &ObjectError{Verb: "apply", Object: id, Cluster: m.cluster, Err: err}
 		}
-		out = append(out, Applied{Object: id, ResourceVersion: live.GetResourceVersion()})
+		out = append(out, Applied{Object: id, ResourceVersion: live.GetResourceVersion(), Generation: live.GetGeneration()})
 	}
 	return out, nil
 }

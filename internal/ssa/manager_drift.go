@@ -68,3 +68,26 @@ func Remember(inSync map[string]string, applied []Applied) {
 		inSync[a.Object.Key()] = a.ResourceVersion
 	}
 }
+
+// Settle records as in sync, after a release was verified, the objects that changed since
+// they were applied only in what their controllers write: those whose generation (which the
+// API server raises on every change of the spec) is still the one applied, such as a
+// Deployment whose status the rollout filled in. The next drift check then costs no request
+// for them. Objects without a generation, or whose watch cannot tell, keep the
+// resourceVersion they were applied at. It starts the live cache's watches it needs.
+func (m *Manager) Settle(ctx context.Context, live *LiveCache, inSync map[string]string, applied []Applied) {
+	for _, a := range applied {
+		if a.Generation == 0 || inSync[a.Object.Key()] != a.ResourceVersion {
+			continue // no generation to go by, or found changed (or in sync) since
+		}
+		mapping, err := m.Mapping(a.Object.GroupVersionKind())
+		if err != nil {
+			continue
+		}
+		rv, gen, ok, err := live.versionAndGeneration(ctx, mapping, a.Object)
+		if err != nil || !ok || gen != a.Generation {
+			continue
+		}
+		inSync[a.Object.Key()] = rv
+	}
+}
