@@ -518,8 +518,8 @@ func (r *Reconciler) priorRun(ctx context.Context, t *Target) (prior, newer *Exe
 		if x.Spec.Commit == t.Commit.SHA {
 			return x, newer, nil
 		}
-		if newer == nil {
-			newer = x
+		if newer == nil && x.Status.StartedAt != nil {
+			newer = x // a QUEUED execution of a later commit has not run: the branch did not move back
 		}
 	}
 	return nil, nil, nil
