@@ -176,29 +176,16 @@ func eventsWith(events []corev1.Event, typ, reason string) int {
 // writes counts the daemon's write requests to the cluster it records in, from its
 // ebb_kube_requests_total metric.
 func (e *env) writes() float64 {
-	e.t.Helper()
-	families, err := e.d.reg.Gather()
-	require.NoError(e.t, err)
-	n := 0.0
-	for _, f := range families {
-		if f.GetName() != "ebb_kube_requests_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["cluster"] == "home" && labels["verb"] != "GET" {
-				n += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return n
+	return e.requests(func(l map[string]string) bool { return l["cluster"] == "home" && l["verb"] != "GET" })
 }
 
 // pipelineWrites counts the daemon's writes of Pipeline objects.
 func (e *env) pipelineWrites() float64 {
+	return e.requests(func(l map[string]string) bool { return l["resource"] == "pipelines" && l["verb"] != "GET" })
+}
+
+// requests sums the series of ebb_kube_requests_total whose labels match.
+func (e *env) requests(match func(labels map[string]string) bool) float64 {
 	e.t.Helper()
 	families, err := e.d.reg.Gather()
 	require.NoError(e.t, err)
@@ -212,7 +199,7 @@ func (e *env) pipelineWrites() float64 {
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["resource"] == "pipelines" && labels["verb"] != "GET" {
+			if match(labels) {
 				n += m.GetCounter().GetValue()
 			}
 		}

@@ -60,17 +60,18 @@ func (c *LiveCache) Close() { c.stopOnce.Do(func() { close(c.stop) }) }
 // version returns the live resourceVersion of the object in mapping's resource, and whether
 // the watch knows the object. An error means the cache cannot tell.
 func (c *LiveCache) version(ctx context.Context, mapping *meta.RESTMapping, id ObjMeta) (string, bool, error) {
-	rv, _, ok, err := c.versionAndGeneration(ctx, mapping, id)
+	rv, _, ok, err := c.versionAndGeneration(ctx, mapping, id, true)
 	return rv, ok, err
 }
 
-// versionAndGeneration is version, with the object's live generation.
-func (c *LiveCache) versionAndGeneration(ctx context.Context, mapping *meta.RESTMapping, id ObjMeta) (string, int64, bool, error) {
+// versionAndGeneration is version, with the object's live generation. Unless wait, it does
+// not wait for a watch it starts (or that is still listing) to sync: it says it cannot tell.
+func (c *LiveCache) versionAndGeneration(ctx context.Context, mapping *meta.RESTMapping, id ObjMeta, wait bool) (string, int64, bool, error) {
 	ns := ""
 	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
 		ns = id.Namespace
 	}
-	w, err := c.watch(ctx, mapping.Resource, ns)
+	w, err := c.watch(ctx, mapping.Resource, ns, wait)
 	if err != nil {
 		return "", 0, false, err
 	}
@@ -90,7 +91,7 @@ func (c *LiveCache) versionAndGeneration(ctx context.Context, mapping *meta.REST
 }
 
 // watch returns the synced watch of gvr that covers namespace ns, starting it if needed.
-func (c *LiveCache) watch(ctx context.Context, gvr schema.GroupVersionResource, ns string) (*liveWatch, error) {
+func (c *LiveCache) watch(ctx context.Context, gvr schema.GroupVersionResource, ns string, wait bool) (*liveWatch, error) {
 	perNamespace, decided, err := c.scope(ctx, gvr)
 	if err != nil {
 		return nil, err
@@ -121,7 +122,7 @@ func (c *LiveCache) watch(ctx context.Context, gvr schema.GroupVersionResource, 
 		}()
 	}
 	c.mu.Unlock()
-	if w.slow.Load() {
+	if w.slow.Load() || !wait {
 		select {
 		case <-w.synced:
 			return w, nil

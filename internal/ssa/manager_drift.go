@@ -73,8 +73,9 @@ func Remember(inSync map[string]string, applied []Applied) {
 // they were applied only in what their controllers write: those whose generation (which the
 // API server raises on every change of the spec) is still the one applied, such as a
 // Deployment whose status the rollout filled in. The next drift check then costs no request
-// for them. Objects without a generation, or whose watch cannot tell, keep the
-// resourceVersion they were applied at. It starts the live cache's watches it needs.
+// for them. Objects without a generation, or whose watch cannot tell yet, keep the
+// resourceVersion they were applied at. It starts the live cache's watches it needs, but
+// never waits for one to sync: it runs as a release ends, and must not delay it.
 func (m *Manager) Settle(ctx context.Context, live *LiveCache, inSync map[string]string, applied []Applied) {
 	for _, a := range applied {
 		if a.Generation == 0 || inSync[a.Object.Key()] != a.ResourceVersion {
@@ -84,7 +85,7 @@ func (m *Manager) Settle(ctx context.Context, live *LiveCache, inSync map[string
 		if err != nil {
 			continue
 		}
-		rv, gen, ok, err := live.versionAndGeneration(ctx, mapping, a.Object)
+		rv, gen, ok, err := live.versionAndGeneration(ctx, mapping, a.Object, false)
 		if err != nil || !ok || gen != a.Generation {
 			continue
 		}
