@@ -203,6 +203,14 @@ func TestAPIServerRestart(t *testing.T) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	host := strings.TrimPrefix(c.Config.Host, "https://")
+	// The controller manager exits when the API server goes away while it is still starting:
+	// stop the API server only once it works (it made a ReplicaSet for a Deployment).
+	_, err = cs.AppsV1().Deployments(ns).Create(ctx, deployment("warm", "registry.example/web:1.0", 1, 30), metav1.CreateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		list, err := cs.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=warm"})
+		return err == nil && len(list.Items) > 0
+	}, 30*time.Second, 50*time.Millisecond, "the controller manager never made a ReplicaSet")
 
 	require.NoError(t, c.StopAPIServer())
 	_, err = net.DialTimeout("tcp", host, time.Second)
