@@ -32,6 +32,9 @@ type Cluster struct {
 	SSA  *ssa.Manager
 	Live *ssa.LiveCache
 
+	// namespaces holds the namespaces EnsureNamespace created or found.
+	namespaces sync.Map
+
 	watchMu      sync.Mutex
 	scopeDecided bool
 	perNamespace bool                        // ebb may not list Deployments cluster-wide: watch per namespace
@@ -70,22 +73,32 @@ func NewCluster(name string, cfg *rest.Config) (*Cluster, error) {
 }
 
 // EnsureNamespace creates namespace ns unless it exists. It is left unlabelled and out of
-// every inventory, so it is never pruned: deleting a namespace deletes everything in it.
+// every inventory, so it is never pruned: deleting a namespace deletes everything in it. The
+// create is tried first (one request for a new namespace, not a read and a create), and a
+// namespace known to exist is not asked about again.
 func (t *Cluster) EnsureNamespace(ctx context.Context, ns string) error {
 	if ns == "" {
 		return nil
 	}
-	_, err := t.Typed.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		_, err = t.Typed.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{FieldManager: FieldManager})
-		if apierrors.IsAlreadyExists(err) {
-			err = nil
-		}
+	if _, ok := t.namespaces.Load(ns); ok {
+		return nil
 	}
-	if err != nil {
+	_, err := t.Typed.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{FieldManager: FieldManager})
+	if apierrors.IsForbidden(err) {
+		// ebb may be allowed to use a namespace and not to create one.
+		_, err = t.Typed.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	}
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("ensure namespace %s in cluster %q: %w", ns, t.Name, err)
 	}
+	t.namespaces.Store(ns, struct{}{})
 	return nil
+}
+
+// forgetNamespace drops ns from the namespaces known to exist; it reports whether it was one.
+func (t *Cluster) forgetNamespace(ns string) bool {
+	_, ok := t.namespaces.LoadAndDelete(ns)
+	return ok
 }
 
 // owner is the owner of what a stage applies.

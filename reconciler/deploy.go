@@ -30,7 +30,7 @@ func (e *run) deploy(ctx context.Context, t *Target, d decision) error {
 	if d.redeployOf != nil {
 		comment = joinComments(comment, redeployComment(t, d.redeployOf))
 	}
-	if err := e.setPhase(ctx, Running, comment); err != nil {
+	if err := e.start(ctx, comment); err != nil {
 		return err
 	}
 	for i := range t.Stages {

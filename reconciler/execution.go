@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,6 +27,8 @@ type run struct {
 	// slot is the execution's share of Options.MaxConcurrent; nil for one that does not wait
 	// for it (resumed after a restart).
 	slot *execSlot
+	// mu guards the record while a verification's write may be under way (saveLater).
+	mu sync.Mutex
 }
 
 // saveBatch is how long changes nobody would miss wait to be written with the next ones: the
@@ -45,6 +48,27 @@ func (e *run) saveSoon(ctx context.Context) error {
 		return nil
 	}
 	return e.save(ctx)
+}
+
+// saveLater writes the record after delay, unless the returned function is called first;
+// that function waits for a write under way and returns its error. Until it returns, the
+// record is written by another goroutine: the task changes it only under e.mu (see note).
+func (e *run) saveLater(ctx context.Context, delay time.Duration) func() error {
+	var err error
+	done := make(chan struct{})
+	timer := time.AfterFunc(delay, func() {
+		defer close(done)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		err = e.save(ctx)
+	})
+	return func() error {
+		if timer.Stop() {
+			return nil
+		}
+		<-done
+		return err
+	}
 }
 
 // errParked means the daemon is shutting down: the execution stays as recorded and a
@@ -101,6 +125,30 @@ func (e *run) saveOnce(ctx context.Context) error {
 
 // setPhase records the execution's status and comment.
 func (e *run) setPhase(ctx context.Context, phase Status, comment string) error {
+	e.changePhase(phase, comment)
+	e.announce(ctx, phase, comment)
+	return e.save(ctx)
+}
+
+// start records the execution RUNNING. A new execution (execute leaves its record to this) is
+// created so: the create's first status write is this one, not one more.
+func (e *run) start(ctx context.Context, comment string) error {
+	if e.x.Name != "" {
+		return e.setPhase(ctx, Running, comment)
+	}
+	e.changePhase(Running, comment)
+	created, err := e.r.store.CreateExecution(ctx, e.x)
+	if err != nil {
+		return err
+	}
+	e.x, e.savedAt = created, time.Now()
+	e.log = e.log.With("execution", created.Spec.DisplayName)
+	e.announce(ctx, Running, comment)
+	return nil
+}
+
+// changePhase sets the execution's status and comment in its record, not saved yet.
+func (e *run) changePhase(phase Status, comment string) {
 	e.x.Status.Phase = phase
 	if comment != "" {
 		e.x.Status.Comment = comment
@@ -114,9 +162,12 @@ func (e *run) setPhase(ctx context.Context, phase Status, comment string) error 
 		e.r.metrics.executions.WithLabelValues(e.x.Spec.Pipeline, string(phase)).Inc()
 	}
 	e.x.Status.recordChange(now)
+}
+
+// announce logs a change of the execution's status and records it as an Event.
+func (e *run) announce(ctx context.Context, phase Status, comment string) {
 	e.log.Info("execution status", "status", phase, "comment", comment)
 	e.r.event(ctx, e.x, phase, comment)
-	return e.save(ctx)
 }
 
 // recordChange appends the status as it is now to History, unless it is the newest entry
@@ -160,15 +211,19 @@ func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifie
 	now := metav1.Now()
 	t.Status, t.StartedAt, t.FinishedAt, t.Message = Running, &now, nil, ""
 	e.x.Status.Stage = stage.Name
-	save := e.saveSoon
+	// A verification may take minutes: one that lasts longer than saveBatch is shown to have
+	// begun; a shorter one is written once, when it ends.
+	flushed := func() error { return nil }
 	if verifies {
-		save = e.save // a verification may take minutes: show it has begun
-	}
-	if err := save(ctx); err != nil {
+		flushed = e.saveLater(ctx, saveBatch)
+	} else if err := e.saveSoon(ctx); err != nil {
 		return err
 	}
 	e.log.Info("task started", "stage", stage.Name, "task", name)
 	err := fn(ctx)
+	if ferr := flushed(); ferr != nil && err == nil && ctx.Err() == nil {
+		return ferr
+	}
 	t = taskRecord(stage, name) // fn may have grown the slice
 	if ctx.Err() != nil {
 		// Shutting down mid-task: leave it RUNNING; a restarted daemon runs it again.

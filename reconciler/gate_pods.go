@@ -9,7 +9,9 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
 	appslisters "k8s.io/client-go/listers/apps/v1"
 	"k8s.io/client-go/tools/cache"
@@ -36,7 +38,8 @@ func (podsGate) check(ctx context.Context, s *stageRun, sub subject) error {
 	defer cancel(nil)
 	for _, name := range sub.deployments {
 		go func() {
-			if err := s.cluster.watchNewPods(ctx, s.stage().Namespace, name, s.stage().Verify.Pods); err != nil {
+			applied, generation := s.appliedDeployment(name)
+			if err := s.cluster.watchNewPods(ctx, s.stage().Namespace, name, applied, generation, s.stage().Verify.Pods); err != nil {
 				cancel(err)
 			}
 		}()
@@ -54,22 +57,32 @@ const podRecheck = time.Second
 
 // watchNewPods watches the pods of Deployment ns/name's newest ReplicaSet until ctx ends, and
 // returns a *VerificationError as soon as one cannot run. It returns nil when ctx ends; an
-// error of the cluster when it cannot watch.
-func (c *Cluster) watchNewPods(ctx context.Context, ns, name string, check planner.PodsCheck) error {
+// error of the cluster when it cannot watch. applied and generation are the Deployment as
+// this release applied it and its generation then (its selector cannot change); without
+// them it is read from the API server.
+func (c *Cluster) watchNewPods(ctx context.Context, ns, name string, applied *unstructured.Unstructured, generation int64, check planner.PodsCheck) error {
 	w, scope, err := c.watchDeployments(ctx, ns)
 	if err != nil {
 		return err
 	}
 	defer c.release(scope, w)
-	d, err := c.Typed.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
+	var sel *metav1.LabelSelector
+	if applied != nil && generation != 0 {
+		sel, err = appliedSelector(applied)
+		if err != nil {
+			return nil // the API server validates selectors; nothing to watch without one
 		}
-		return err
+	} else {
+		d, err := c.Typed.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		generation, sel = d.Generation, d.Spec.Selector
 	}
-	generation := d.Generation
-	selector, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	selector, err := metav1.LabelSelectorAsSelector(sel)
 	if err != nil || selector.Empty() {
 		return nil // the API server validates selectors; nothing to watch without one
 	}
@@ -115,6 +128,19 @@ func (c *Cluster) watchNewPods(ctx context.Context, ns, name string, check plann
 		case <-tick.C:
 		}
 	}
+}
+
+// appliedSelector returns the selector of a Deployment as ebb applied it.
+func appliedSelector(d *unstructured.Unstructured) (*metav1.LabelSelector, error) {
+	m, found, err := unstructured.NestedMap(d.Object, "spec", "selector")
+	if err != nil || !found {
+		return nil, fmt.Errorf("Deployment %s has no selector", d.GetName())
+	}
+	sel := &metav1.LabelSelector{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(m, sel); err != nil {
+		return nil, err
+	}
+	return sel, nil
 }
 
 // revisionAnnotation is where the Deployment controller numbers a Deployment's template and

@@ -15,7 +15,8 @@ func (rolloutGate) applies(_ *stageRun, sub subject) bool { return len(sub.deplo
 
 func (rolloutGate) check(ctx context.Context, s *stageRun, sub subject) error {
 	for _, name := range sub.deployments {
-		if err := s.cluster.WaitRollout(ctx, s.stage().Namespace, name, rolloutTimeout(s)); err != nil {
+		_, generation := s.appliedDeployment(name)
+		if err := s.cluster.WaitRollout(ctx, s.stage().Namespace, name, generation, rolloutTimeout(s)); err != nil {
 			return err
 		}
 	}

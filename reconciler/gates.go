@@ -193,6 +193,8 @@ func (s *stageRun) timed(ctx context.Context, g gate, sub subject) error {
 
 // note sets the message of the stage's running task, to say what its verification found.
 func (s *stageRun) note(msg string) {
+	s.mu.Lock() // a write of the record may be under way (saveLater)
+	defer s.mu.Unlock()
 	for i := range s.rec.Tasks {
 		if s.rec.Tasks[i].Status == Running {
 			s.rec.Tasks[i].Message = msg

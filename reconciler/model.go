@@ -3,6 +3,8 @@ package reconciler
 import (
 	"context"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
 	"ebb.dev/ebb/internal/ssa"
 	"ebb.dev/ebb/planner"
 )
@@ -56,8 +58,10 @@ type stageRun struct {
 	d        *Desired
 	rec      *StageRecord
 	gates    []gate
-	// applied is what this run applied, for settle.
+	// applied is what this run applied, for settle; sent holds the same objects as ebb sent
+	// them, index for index.
 	applied []ssa.Applied
+	sent    []*unstructured.Unstructured
 }
 
 // newStageRun prepares stage d of pipeline for this execution.

@@ -269,6 +269,7 @@ type worker struct {
 	busy    bool
 	newest  int64      // the highest Target.Generation offered
 	current string     // commit of the execution in hand, while busy
+	running *Target    // target of the execution in hand, while busy
 	next    *Target    // newest target not yet acted on
 	queued  *Execution // QUEUED record of next, if any
 	resumed *Execution // an execution to continue before anything else
@@ -315,6 +316,9 @@ func (w *worker) queue(ctx context.Context, t *Target) {
 		return
 	}
 	w.cancelQueued(ctx, "superseded by commit "+short(t.Commit.SHA))
+	if w.running != nil && sameReleases(w.running, t) {
+		return // the execution in hand deploys these very releases: nothing to queue
+	}
 	if prior, newer, err := w.r.priorRun(ctx, t); err != nil || prior != nil && newer == nil {
 		return
 	}
@@ -331,6 +335,22 @@ func (w *worker) queue(ctx context.Context, t *Target) {
 		return
 	}
 	w.queued = created
+}
+
+// sameReleases reports whether a and b deploy the same release with the same stage
+// definition to each stage: a commit that changes nothing a pipeline deploys (a README, or
+// another pipeline's files).
+func sameReleases(a, b *Target) bool {
+	if len(a.Stages) != len(b.Stages) {
+		return false
+	}
+	for i := range a.Stages {
+		x, y := &a.Stages[i], &b.Stages[i]
+		if x.Hash != y.Hash || stageFingerprint(x.Stage) != stageFingerprint(y.Stage) {
+			return false
+		}
+	}
+	return true
 }
 
 // cancelQueued ends the queued execution, if any, CANCELED. Called with w.mu held.
@@ -384,11 +404,11 @@ func (w *worker) step(ctx context.Context) bool {
 		w.mu.Unlock()
 		return false
 	}
-	w.busy, w.current = true, t.Commit.SHA
+	w.busy, w.current, w.running = true, t.Commit.SHA, t
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		w.busy = false
+		w.busy, w.running = false, nil
 		w.mu.Unlock()
 	}()
 
@@ -441,17 +461,15 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 				comment = movedBack(t, prior, newer)
 				log.Info("the branch moved back to a commit that ran before", "previous", prior.Spec.DisplayName, "since", newer.Spec.DisplayName)
 			}
+			// Its record is created as it starts (run.start), with its first status.
 			x = &Execution{Spec: ExecutionSpec{Pipeline: t.Name(), Kind: KindDeploy, Commit: t.Commit.SHA, CommitMessage: firstLine(t.Commit.Message)}}
-			x.Status.Phase = Running
-			created, err := r.store.CreateExecution(ctx, x)
-			if err != nil {
-				return err
-			}
-			x = created
 		}
 		x.Status.Comment = comment
 	}
-	rr := &run{r: r, x: x, log: log.With("execution", x.Spec.DisplayName), resumed: resuming, slot: slot}
+	if x.Name != "" {
+		log = log.With("execution", x.Spec.DisplayName)
+	}
+	rr := &run{r: r, x: x, log: log, resumed: resuming, slot: slot}
 	if err := rr.deploy(ctx, t, d); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
@@ -65,7 +66,20 @@ func (s *stageRun) rollOut(ctx context.Context) error {
 func (s *stageRun) apply(ctx context.Context, objs []*unstructured.Unstructured) error {
 	applied, err := s.r.applyObjects(ctx, s.cluster, s.pipeline, s.stage().Name, objs)
 	s.applied = append(s.applied, applied...)
+	s.sent = append(s.sent, objs[:len(applied)]...)
 	return err
+}
+
+// appliedDeployment returns Deployment name of the stage's namespace as this run applied it,
+// and its generation after the apply: what the gates wait for, without reading it again. It
+// returns nil, 0 when this run did not apply it.
+func (s *stageRun) appliedDeployment(name string) (*unstructured.Unstructured, int64) {
+	for i := len(s.applied) - 1; i >= 0; i-- {
+		if o := s.applied[i].Object; o.Group == "apps" && o.Kind == "Deployment" && o.Namespace == s.stage().Namespace && o.Name == name {
+			return s.sent[i], s.applied[i].Generation
+		}
+	}
+	return nil, 0
 }
 
 // settle, once the release took all the traffic and passed, records what its controllers
@@ -78,12 +92,21 @@ func (s *stageRun) settle(ctx context.Context) {
 // createResources makes sure the stage's namespace exists and applies the objects the
 // Deployments need: namespace, secrets, service, config.
 func (s *stageRun) createResources(ctx context.Context, resources []*unstructured.Unstructured) error {
-	if !hasNamespace(resources, s.d.Namespace) {
+	ensure := !hasNamespace(resources, s.d.Namespace)
+	if ensure {
 		if err := s.cluster.EnsureNamespace(ctx, s.d.Namespace); err != nil {
 			return err
 		}
 	}
-	return s.apply(ctx, resources)
+	err := s.apply(ctx, resources)
+	if ensure && apierrors.IsNotFound(err) && s.cluster.forgetNamespace(s.d.Namespace) {
+		// The namespace was deleted since ebb last made sure of it: create it again.
+		if err := s.cluster.EnsureNamespace(ctx, s.d.Namespace); err != nil {
+			return err
+		}
+		err = s.apply(ctx, resources)
+	}
+	return err
 }
 
 // prune deletes what the stage's inventory holds beyond keep, the release it now runs.

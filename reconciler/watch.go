@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -139,9 +140,10 @@ func (c *Cluster) Close() {
 // latest generation and every replica is updated, ready and available, with no old pods left.
 // ProgressDeadlineExceeded, or timeout, fails it at once with a VerificationError.
 //
-// It reads the Deployment once from the API server, to learn the generation to wait for (the
-// shared watch may lag behind an apply just made), then follows the watch.
-func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time.Duration) error {
+// generation is the Deployment's generation as this release applied it (the shared watch may
+// lag behind an apply just made); with 0 it is read once from the API server. Then it follows
+// the watch.
+func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, generation int64, timeout time.Duration) error {
 	started := time.Now()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -159,11 +161,15 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string, timeout time
 		}
 		return &WaitingError{Err: fmt.Errorf("watch Deployments in %s of cluster %q: no answer within %s (can ebb list and watch Deployments there?)", ns, c.Name, timeout)}
 	}
-	d, err := c.Typed.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return err
+	var d *appsv1.Deployment
+	if generation == 0 {
+		if d, err = c.Typed.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{}); err != nil {
+			return err
+		}
+		generation = d.Generation
+	} else if d, err = w.lister.Deployments(ns).Get(name); err != nil {
+		d = nil // not seen by the watch yet
 	}
-	generation := d.Generation
 	last := "waiting for the Deployment"
 	for {
 		changed := w.next()

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -12,6 +13,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 
 	"ebb.dev/ebb/reconciler"
 )
@@ -62,27 +66,28 @@ func BenchmarkScale(b *testing.B) {
 
 	start := time.Now()
 	d := e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
-	var completed, failed int
-	require.Eventually(b, func() bool {
-		completed, failed = 0, 0
-		list, err := e.store.ListExecutions(context.Background(), "")
-		if err != nil {
-			return false
-		}
-		for _, x := range list {
-			switch {
-			case x.Status.Phase == reconciler.Completed:
-				completed++
-			case x.Status.Phase.Terminal():
-				failed++
-			}
-		}
-		return completed+failed >= n
-	}, 30*time.Minute, 500*time.Millisecond, "the initial sync did not end")
+	completed, failed := awaitExecutions(b, e, 30*time.Minute, func(x *reconciler.Execution) bool { return true }, n)
 	initial := time.Since(start)
 	syncRequests := requests(b, d.port)
 	b.Logf("initial sync of %d pipelines: %s, %d COMPLETED, %d not; %.0f requests (%.1f per execution): %s",
 		n, initial.Round(100*time.Millisecond), completed, failed, syncRequests.total(), syncRequests.total()/float64(n), syncRequests.top(8))
+	list, err := e.store.ListExecutions(context.Background(), "")
+	require.NoError(b, err)
+	first, last := time.Duration(0), time.Duration(0)
+	for i, x := range list {
+		if at := x.CreationTimestamp.Sub(start); i == 0 || at < first {
+			first = at
+		}
+		if x.Status.FinishedAt != nil {
+			last = max(last, x.Status.FinishedAt.Sub(start))
+		}
+	}
+	b.Logf("  first execution created after %s, last one finished after %s (times to the second)", first.Round(time.Second), last.Round(time.Second))
+	b.Logf("  mean task durations: %s", taskDurations(d))
+	// Each client has its own rate limit: the busiest one bounds the sync.
+	for cluster, c := range requestsByCluster(b, d.port) {
+		b.Logf("  client %s: %.0f requests: %s", cluster, c.total(), c.top(20))
+	}
 	// At rest: the rollouts' Deployment watches close 30s after the last rollout.
 	time.Sleep(35 * time.Second)
 	rss := procStatusMiB(b, d.Pid(), "VmRSS")
@@ -162,6 +167,90 @@ func requests(b *testing.B, port int) requestCounts {
 			continue
 		}
 		out[label(k, "verb")+" "+label(k, "resource")] += v
+	}
+	return out
+}
+
+// awaitExecutions waits until n executions that match ended, and returns how many of them
+// COMPLETED and how many ended otherwise. It follows the records with a watch: listing
+// hundreds of records twice a second would load the API server whose work it measures.
+func awaitExecutions(b *testing.B, e *env, timeout time.Duration, match func(*reconciler.Execution) bool, n int) (completed, failed int) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	client := dynamic.NewForConfigOrDie(dev.Config).Resource(reconciler.ExecutionResource).Namespace(e.records)
+	phases := map[string]reconciler.Status{}
+	count := func() bool {
+		completed, failed = 0, 0
+		for _, p := range phases {
+			switch {
+			case p == reconciler.Completed:
+				completed++
+			case p.Terminal():
+				failed++
+			}
+		}
+		return completed+failed >= n
+	}
+	rv := ""
+	for {
+		w, err := client.Watch(ctx, metav1.ListOptions{ResourceVersion: rv})
+		require.NoError(b, err, "watch the executions")
+		for ev := range w.ResultChan() {
+			u, ok := ev.Object.(*unstructured.Unstructured)
+			if !ok {
+				continue
+			}
+			rv = u.GetResourceVersion()
+			var x reconciler.Execution
+			require.NoError(b, runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &x))
+			if match(&x) {
+				phases[x.Name] = x.Status.Phase
+			}
+			if count() {
+				w.Stop()
+				return completed, failed
+			}
+		}
+		require.NoError(b, ctx.Err(), "%d executions did not end: %d COMPLETED, %d not", n, completed, failed)
+	}
+}
+
+// taskDurations sums up the daemon's "task completed" log lines: the mean duration of each
+// task, and how many ended.
+func taskDurations(d *daemon) string {
+	sum, count := map[string]time.Duration{}, map[string]int{}
+	for _, line := range d.Lines(`"msg":"task completed"`) {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		task, _ := m["task"].(string)
+		ns, _ := m["duration"].(float64)
+		sum[task] += time.Duration(ns)
+		count[task]++
+	}
+	var parts []string
+	for task, n := range count {
+		parts = append(parts, fmt.Sprintf("%s %s (%d)", task, (sum[task]/time.Duration(n)).Round(time.Millisecond), n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// requestsByCluster are the daemon's API requests (Lease renewals left out) by the client
+// that sent them: "home" (the records and Events of the cluster ebb runs in) or a cluster's name.
+func requestsByCluster(b *testing.B, port int) map[string]requestCounts {
+	out := map[string]requestCounts{}
+	for k, v := range scrape(b, port) {
+		if !strings.HasPrefix(k, "ebb_kube_requests_total{") || strings.Contains(k, `resource="leases"`) {
+			continue
+		}
+		c := out[label(k, "cluster")]
+		if c == nil {
+			c = requestCounts{}
+			out[label(k, "cluster")] = c
+		}
+		c[label(k, "verb")+" "+label(k, "resource")] += v
 	}
 	return out
 }

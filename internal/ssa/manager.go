@@ -2,6 +2,7 @@ package ssa
 
 import (
 	"fmt"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -44,6 +45,9 @@ type Manager struct {
 	opts    Options
 	client  dynamic.Interface
 	mapper  meta.ResettableRESTMapper
+	// namespaces holds the names of the Namespaces this Manager created or found existing
+	// (see markCreated).
+	namespaces sync.Map
 }
 
 // New returns a Manager for the cluster cfg reaches, named cluster in its errors. It does not

@@ -51,25 +51,31 @@ func (m *Manager) Apply(ctx context.Context, objs []*unstructured.Unstructured, 
 
 // markCreated creates a Namespace that does not exist yet with AnnotationCreatedBy, so that
 // pruning later knows ebb created it. The annotation is written by a create, not by the apply,
-// so later applies (which do not name it) leave it alone.
+// so later applies (which do not name it) leave it alone. The create is tried at once (one
+// request, where a read first would cost two for a new Namespace), and a Namespace the Manager
+// created or found existing is not tried again: its applies are one request each.
 func (m *Manager) markCreated(ctx context.Context, ri dynamic.ResourceInterface, obj *unstructured.Unstructured) error {
 	if obj.GetKind() != "Namespace" || obj.GroupVersionKind().Group != "" {
 		return nil
 	}
-	// A Namespace that exists (or that ebb may not read) is left to the apply: ebb may be
-	// allowed to use a namespace and not to create one.
-	if _, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	name := obj.GetName()
+	if _, ok := m.namespaces.Load(name); ok {
 		return nil
 	}
 	ns := &unstructured.Unstructured{}
 	ns.SetGroupVersionKind(obj.GroupVersionKind())
-	ns.SetName(obj.GetName())
+	ns.SetName(name)
 	ns.SetAnnotations(map[string]string{AnnotationCreatedBy: FieldManager})
 	_, err := ri.Create(ctx, ns, metav1.CreateOptions{FieldManager: m.opts.FieldManager})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return &ObjectError{Verb: "create", Object: MetaOf(obj), Cluster: m.cluster, Err: err}
+	switch {
+	case err == nil || apierrors.IsAlreadyExists(err):
+		m.namespaces.Store(name, struct{}{})
+		return nil
+	case apierrors.IsForbidden(err):
+		// ebb may be allowed to use a namespace and not to create one: the apply tells.
+		return nil
 	}
-	return nil
+	return &ObjectError{Verb: "create", Object: MetaOf(obj), Cluster: m.cluster, Err: err}
 }
 
 // ObjectError is a request about one object that the API server (or the way to it) failed.

@@ -91,6 +91,9 @@ func (m *Manager) Prune(ctx context.Context, inv Inventory, opts PruneOptions) (
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			return res, &ObjectError{Verb: "delete", Object: id, Cluster: m.cluster, Err: err}
 		}
+		if id.Kind == "Namespace" && id.Group == "" {
+			m.namespaces.Delete(id.Name) // a release that has it again creates it, marked
+		}
 		res.Deleted = append(res.Deleted, Deletion{ObjMeta: id, Exists: true})
 	}
 	return res, nil
