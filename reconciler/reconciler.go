@@ -70,8 +70,8 @@ type Reconciler struct {
 	ledgersListed   bool
 	ledgerForgotten map[string]bool // read from the API server again, though listed
 	wg              sync.WaitGroup
-	// slots holds a token per running execution (Options.MaxConcurrent).
-	slots chan struct{}
+	// slots are Options.MaxConcurrent, handed to the executions that wait for one (slots.go).
+	slots *slotQueue
 }
 
 // New returns a Reconciler. Call Resume once, then Sync for each new commit.
@@ -94,7 +94,7 @@ func New(opts Options) *Reconciler {
 	store := NewStore(opts.Records, opts.Namespace)
 	store.observer = opts.Observer
 	return &Reconciler{
-		slots:   make(chan struct{}, opts.MaxConcurrent),
+		slots:   newSlotQueue(opts.MaxConcurrent),
 		opts:    opts,
 		store:   store,
 		log:     opts.Logger.With("component", "reconciler"),
@@ -435,6 +435,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 			return err
 		}
 		d = decide(t, ledgers)
+		slot.priority = priorityOf(t, ledgers)
 		if err := r.recordWriteBack(ctx, t, d); err != nil { // decide.go
 			return err
 		}
@@ -479,36 +480,6 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 		}
 	}
 	return nil
-}
-
-// execSlot is an execution's share of Options.MaxConcurrent: held while it works, freed
-// while it waits for a person or for a cluster to answer, so that waiting executions never
-// keep others from running.
-type execSlot struct {
-	r    *Reconciler
-	held bool
-}
-
-// take waits for a free slot.
-func (s *execSlot) take(ctx context.Context) error {
-	if s == nil || s.held {
-		return nil
-	}
-	select {
-	case s.r.slots <- struct{}{}:
-		s.held = true
-		return nil
-	case <-ctx.Done():
-		return errParked
-	}
-}
-
-// free gives the slot back.
-func (s *execSlot) free() {
-	if s != nil && s.held {
-		<-s.r.slots
-		s.held = false
-	}
 }
 
 // retryMax bounds the back-off of an execution waiting for its cluster.

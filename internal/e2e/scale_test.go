@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 
+	"ebb.dev/ebb/internal/daemontest"
 	"ebb.dev/ebb/reconciler"
 )
 
@@ -307,4 +309,111 @@ func sumPrefix(m map[string]float64, name string) float64 {
 		}
 	}
 	return t
+}
+
+// BenchmarkScaleRollback measures how fast a release whose pods crash-loop is rolled back
+// while N pipelines (EBB_BENCH_PIPELINES, default 500) sync for the first time, with the
+// daemon's defaults: one more pipeline runs a verified release; the N are committed; once a
+// tenth of them ended (the sync is in full swing), a release of the first one whose pods
+// crash-loop is committed. It reports the time from that commit to its execution ending
+// ROLLBACK_COMPLETED, and, from the execution's status changes (seen through a watch), when
+// it started RUNNING and ROLLING_BACK; and the time the whole sync took.
+//
+// EBB_BENCH_PIPELINES=500 go test ./internal/e2e -bench BenchmarkScaleRollback -benchtime 1x -run '^$' -timeout 60m
+func BenchmarkScaleRollback(b *testing.B) {
+	n := scalePipelines(b)
+	e := newEnv(b, "scalerb", envOptions{})
+	scaleRuns++
+	name := func(i int) string { return fmt.Sprintf("r%d-%04d", scaleRuns, i) }
+	crash := fmt.Sprintf("r%d-crash", scaleRuns)
+	for _, p := range append([]string{crash}, func() (all []string) {
+		for i := range n {
+			all = append(all, name(i))
+		}
+		return all
+	}()...) {
+		b.Cleanup(func() {
+			_ = e.devCS.CoreV1().Namespaces().Delete(context.Background(), p+"-dev", metav1.DeleteOptions{})
+			_ = e.prodCS.CoreV1().Namespaces().Delete(context.Background(), p+"-prod", metav1.DeleteOptions{})
+		})
+	}
+	good, err := e.repo.CommitFiles("release "+crash+" 1.0", e.pipelineFiles(crash, "1.0", 1))
+	require.NoError(b, err)
+	e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
+	daemontest.WaitExecution(b, e.store, crash, good, reconciler.Completed)
+
+	files := map[string]string{}
+	for i := range n {
+		for path, content := range e.pipelineFiles(name(i), "1.0", 1) {
+			files[path] = content
+		}
+	}
+	start := time.Now()
+	synced, err := e.repo.CommitFiles(fmt.Sprintf("%d pipelines", n), files)
+	require.NoError(b, err)
+	// The sync's executions: a later commit may queue more of the same pipelines.
+	others := func(x *reconciler.Execution) bool { return x.Spec.Pipeline != crash && x.Spec.Commit == synced }
+	awaitExecutions(b, e, 30*time.Minute, others, n/10)
+
+	// Follow the crash pipeline's executions from before the commit, to see every status.
+	type change struct {
+		phase reconciler.Status
+		at    time.Time
+	}
+	changes := make(chan change, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var bad string
+	var badMu sync.Mutex
+	watching := make(chan struct{})
+	go func() {
+		close(watching)
+		_ = e.store.WatchExecutions(ctx, crash, func(x *reconciler.Execution) bool {
+			badMu.Lock()
+			defer badMu.Unlock()
+			if x.Spec.Kind == reconciler.KindDeploy && bad != "" && x.Spec.Commit == bad {
+				changes <- change{x.Status.Phase, time.Now()}
+			}
+			return false
+		})
+	}()
+	<-watching
+	time.Sleep(time.Second) // the watch is established
+	at := time.Now()
+	badMu.Lock()
+	bad, err = e.repo.CommitFiles("release "+crash+" 2.0-broken", e.pipelineFiles(crash, "2.0-broken", 1))
+	badMu.Unlock()
+	require.NoError(b, err)
+	seen := map[reconciler.Status]time.Duration{}
+	timeout := time.After(20 * time.Minute)
+	for seen[reconciler.RollbackCompleted] == 0 {
+		select {
+		case c := <-changes:
+			if _, ok := seen[c.phase]; !ok {
+				seen[c.phase] = c.at.Sub(at)
+			}
+			require.False(b, c.phase.Terminal() && c.phase != reconciler.RollbackCompleted, "the crash-looping release ended %s", c.phase)
+		case <-timeout:
+			b.Fatalf("the crash-looping release was not rolled back within 20m; seen: %v", seen)
+		}
+	}
+	rolledBack := seen[reconciler.RollbackCompleted]
+	list, err := e.store.ListExecutions(context.Background(), "")
+	require.NoError(b, err)
+	ended := 0
+	for _, x := range list {
+		if others(&x) && x.Status.Phase.Terminal() {
+			ended++
+		}
+	}
+	completed, failed := awaitExecutions(b, e, 30*time.Minute, others, n)
+	took := time.Since(start)
+	b.ReportMetric(rolledBack.Seconds(), "s-commit-to-rollback-completed")
+	b.ReportMetric(seen[reconciler.Running].Seconds(), "s-commit-to-running")
+	b.ReportMetric(seen[reconciler.RollingBack].Seconds(), "s-commit-to-rolling-back")
+	b.ReportMetric(took.Seconds(), "s-sync")
+	b.ReportMetric(float64(failed), "sync-not-completed")
+	b.Logf("crash-looping release committed %s after the sync of %d pipelines began: RUNNING after %s, ROLLING_BACK after %s, ROLLBACK_COMPLETED after %s, when %d of the %d had ended; the sync took %s, %d COMPLETED, %d not",
+		at.Sub(start).Round(100*time.Millisecond), n, seen[reconciler.Running].Round(10*time.Millisecond), seen[reconciler.RollingBack].Round(10*time.Millisecond),
+		rolledBack.Round(10*time.Millisecond), ended, n, took.Round(100*time.Millisecond), completed, failed)
 }
