@@ -87,7 +87,8 @@ func (c *Cluster) watchNewPods(ctx context.Context, ns, name string, applied *un
 		return nil // the API server validates selectors; nothing to watch without one
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(c.Typed, 0, informers.WithNamespace(ns),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }),
+		informers.WithTransform(verifiedFields))
 	pods, sets := factory.Core().V1().Pods(), factory.Apps().V1().ReplicaSets()
 	changed := make(chan struct{}, 1)
 	poke := func(any) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -68,13 +69,7 @@ func (c *Cluster) watchDeployments(ctx context.Context, ns string) (*deploymentW
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(c.Typed, 10*time.Minute, informers.WithNamespace(scope),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelPipeline }),
-		// Verification reads status and generation only: keep managed fields out of memory.
-		informers.WithTransform(func(obj any) (any, error) {
-			if m, ok := obj.(metav1.Object); ok {
-				m.SetManagedFields(nil)
-			}
-			return obj, nil
-		}))
+		informers.WithTransform(verifiedFields))
 	inf := factory.Apps().V1().Deployments()
 	w := &deploymentWatch{lister: inf.Lister(), synced: inf.Informer().HasSynced,
 		stop: make(chan struct{}), users: 1, changed: make(chan struct{})}
@@ -85,6 +80,26 @@ func (c *Cluster) watchDeployments(ctx context.Context, ns string) (*deploymentW
 	factory.Start(w.stop)
 	c.watches[scope] = w
 	return w, scope, nil
+}
+
+// verifiedFields is the transform of the watches of Deployments, ReplicaSets and pods the
+// gates read: it keeps what they read (a Deployment's generation, replicas, selector and
+// status; a ReplicaSet's owner, labels and revision; a pod's labels and status) and drops the
+// rest before it reaches the cache. A pod template is most of an object, and hundreds of
+// rollouts at once hold hundreds of them.
+func verifiedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		o.Spec.Template = corev1.PodTemplateSpec{}
+	case *appsv1.ReplicaSet:
+		o.Spec.Template = corev1.PodTemplateSpec{}
+	case *corev1.Pod:
+		o.Spec, o.Annotations = corev1.PodSpec{}, nil
+	}
+	return obj, nil
 }
 
 // release ends one use of a watch; the last use stops it after watchIdle, unless a rollout

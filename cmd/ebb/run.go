@@ -28,6 +28,7 @@ type runFlags struct {
 	retryBackoff            time.Duration
 	kubeQPS                 float32
 	kubeBurst               int
+	pprof                   bool
 	maxConcurrent           int
 	configFile, listen      string
 	kube                    recordFlags
@@ -69,6 +70,7 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	fl.DurationVar(&f.retryBackoff, "retry-backoff", 30*time.Second, "first wait before trying again after a cluster could not answer (unreachable, overloaded, forbidden); it doubles with each attempt, up to 1h")
 	fl.StringVar(&f.configFile, "config", "", "daemon config file naming the clusters stages deploy to")
 	fl.StringVar(&f.listen, "listen", ":8080", "address serving /metrics, /healthz, /readyz and /webhook; empty to serve nothing")
+	fl.BoolVar(&f.pprof, "pprof", false, "also serve Go's runtime profiles (heap, CPU, goroutines) under /debug/pprof/ on --listen")
 	// kubectl's connection flags (--kubeconfig, --context, -n, --as, ...) for the cluster ebb
 	// records executions in; default in-cluster, or $KUBECONFIG.
 	f.kube.add(cmd)
@@ -133,8 +135,8 @@ func runDaemon(ctx context.Context, f runFlags) error {
 		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,
 		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst, MaxConcurrent: f.maxConcurrent,
 		LeaderElection: f.leaderElect, Identity: f.identity,
-		Dashboard: f.dashboard,
-		Logger:    logger,
+		Dashboard: f.dashboard, Profiling: f.pprof,
+		Logger: logger,
 	})
 	if err != nil {
 		logger.Error("stopped", "err", err)

@@ -49,6 +49,8 @@ type Options struct {
 	WebhookSecret []byte
 	// Dashboard serves the Executions page read-only on Listen, as the daemon's identity.
 	Dashboard bool
+	// Profiling serves Go's runtime profiles on Listen, under /debug/pprof/.
+	Profiling bool
 	// Resync is how often every pipeline's current target is reconciled again, to find drift,
 	// when no commit arrives.
 	Resync time.Duration
@@ -424,6 +426,9 @@ func (d *Daemon) server(ctx context.Context) (*http.Server, net.Listener, error)
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
+	if d.opts.Profiling {
+		handleProfiling(mux)
+	}
 	if len(d.opts.WebhookSecret) > 0 {
 		wopts := gitsource.DefaultWebhookOptions()
 		wopts.Secret, wopts.Logger, wopts.Registerer = d.opts.WebhookSecret, d.log, d.reg

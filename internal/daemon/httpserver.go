@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"time"
 )
 
@@ -31,4 +32,16 @@ func newHTTPServer(h http.Handler, t serverTimeouts) *http.Server {
 		IdleTimeout:       t.idle,
 		MaxHeaderBytes:    maxHeaderBytes,
 	}
+}
+
+// handleProfiling serves Go's runtime profiles under /debug/pprof/ (heap, goroutine, CPU
+// profile, ...), to see what the daemon holds and spends: `go tool pprof
+// http://HOST:8080/debug/pprof/heap`. Off by default: a profile shows the process's insides
+// (not its secrets, but names of everything it manages), and a CPU profile costs while it runs.
+func handleProfiling(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }

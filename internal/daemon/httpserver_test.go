@@ -223,3 +223,25 @@ func sampleHeap(peak *atomic.Uint64) (stop func()) {
 	}()
 	return func() { close(done); <-finished }
 }
+
+// TestProfilingEndpoints: with profiling on, the server answers Go's heap profile (what a
+// memory investigation reads with go tool pprof); without, the path is not served.
+func TestProfilingEndpoints(t *testing.T) {
+	get := func(addr, path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(body)
+	}
+	on := http.NewServeMux()
+	handleProfiling(on)
+	code, body := get(serve(t, on, defaultServerTimeouts), "/debug/pprof/heap?debug=1")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, "heap profile:")
+	assert.Contains(t, body, "# HeapInuse =")
+
+	code, _ = get(serve(t, http.NewServeMux(), defaultServerTimeouts), "/debug/pprof/heap")
+	assert.Equal(t, http.StatusNotFound, code)
+}

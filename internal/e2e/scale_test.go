@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -46,6 +48,8 @@ func scalePipelines(b *testing.B) int {
 //   - the daemon's resident memory at rest.
 //
 // EBB_BENCH_PIPELINES=500 go test ./internal/e2e -bench BenchmarkScale -benchtime 1x -run '^$' -timeout 60m
+//
+// With EBB_BENCH_HEAPPROFILE=file, the daemon's heap profile at rest is written to file.
 func BenchmarkScale(b *testing.B) {
 	n := scalePipelines(b)
 	e := newEnv(b, "scale", envOptions{})
@@ -67,7 +71,7 @@ func BenchmarkScale(b *testing.B) {
 	require.NoError(b, err)
 
 	start := time.Now()
-	d := e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
+	d := e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info", "--pprof")
 	completed, failed := awaitExecutions(b, e, 30*time.Minute, func(x *reconciler.Execution) bool { return true }, n)
 	initial := time.Since(start)
 	syncRequests := requests(b, d.port)
@@ -93,6 +97,17 @@ func BenchmarkScale(b *testing.B) {
 	// At rest: the rollouts' Deployment watches close 30s after the last rollout.
 	time.Sleep(35 * time.Second)
 	rss := procStatusMiB(b, d.Pid(), "VmRSS")
+	b.Logf("  at rest: %.0f MiB resident, of which %.0f MiB anonymous (heap, stacks) and %.0f MiB of files (the binary's pages)",
+		rss, procStatusMiB(b, d.Pid(), "RssAnon"), procStatusMiB(b, d.Pid(), "RssFile"))
+	if path := os.Getenv("EBB_BENCH_HEAPPROFILE"); path != "" {
+		// What the daemon holds at rest: go tool pprof -sample_index=inuse_space $path
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1", d.port))
+		require.NoError(b, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(b, err)
+		require.NoError(b, os.WriteFile(path, body, 0o644))
+	}
 
 	// Commits that change nothing any pipeline reads: the first one after the sync also
 	// checks every stage for drift for the first time since its rollout, the second is what
