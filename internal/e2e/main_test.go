@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,12 +59,17 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "build the demo: %v\n%s", err, b)
 		return 1
 	}
-	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev"}); err != nil {
+	// A node takes up to 1000 pods: the scale benchmarks run a pod per pipeline and stage.
+	nodes := 1
+	if n, err := strconv.Atoi(os.Getenv("EBB_BENCH_PIPELINES")); err == nil && n > 900 {
+		nodes = n/900 + 1
+	}
+	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev", Nodes: nodes}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer dev.Stop()
-	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod"}); err != nil {
+	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod", Nodes: nodes}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

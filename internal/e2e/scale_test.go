@@ -356,6 +356,8 @@ func BenchmarkScaleRollback(b *testing.B) {
 	require.NoError(b, err)
 	e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
 	daemontest.WaitExecution(b, e.store, crash, good, reconciler.Completed)
+	// The same while nothing else runs, to compare.
+	idle, _ := crashRelease(b, e, crash, "1.1-broken")
 
 	files := map[string]string{}
 	for i := range n {
@@ -370,48 +372,7 @@ func BenchmarkScaleRollback(b *testing.B) {
 	others := func(x *reconciler.Execution) bool { return x.Spec.Pipeline != crash && x.Spec.Commit == synced }
 	awaitExecutions(b, e, 30*time.Minute, others, n/10)
 
-	// Follow the crash pipeline's executions from before the commit, to see every status.
-	type change struct {
-		phase reconciler.Status
-		at    time.Time
-	}
-	changes := make(chan change, 100)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var bad string
-	var badMu sync.Mutex
-	watching := make(chan struct{})
-	go func() {
-		close(watching)
-		_ = e.store.WatchExecutions(ctx, crash, func(x *reconciler.Execution) bool {
-			badMu.Lock()
-			defer badMu.Unlock()
-			if x.Spec.Kind == reconciler.KindDeploy && bad != "" && x.Spec.Commit == bad {
-				changes <- change{x.Status.Phase, time.Now()}
-			}
-			return false
-		})
-	}()
-	<-watching
-	time.Sleep(time.Second) // the watch is established
-	at := time.Now()
-	badMu.Lock()
-	bad, err = e.repo.CommitFiles("release "+crash+" 2.0-broken", e.pipelineFiles(crash, "2.0-broken", 1))
-	badMu.Unlock()
-	require.NoError(b, err)
-	seen := map[reconciler.Status]time.Duration{}
-	timeout := time.After(20 * time.Minute)
-	for seen[reconciler.RollbackCompleted] == 0 {
-		select {
-		case c := <-changes:
-			if _, ok := seen[c.phase]; !ok {
-				seen[c.phase] = c.at.Sub(at)
-			}
-			require.False(b, c.phase.Terminal() && c.phase != reconciler.RollbackCompleted, "the crash-looping release ended %s", c.phase)
-		case <-timeout:
-			b.Fatalf("the crash-looping release was not rolled back within 20m; seen: %v", seen)
-		}
-	}
+	seen, at := crashRelease(b, e, crash, "2.0-broken")
 	rolledBack := seen[reconciler.RollbackCompleted]
 	list, err := e.store.ListExecutions(context.Background(), "")
 	require.NoError(b, err)
@@ -428,7 +389,59 @@ func BenchmarkScaleRollback(b *testing.B) {
 	b.ReportMetric(seen[reconciler.RollingBack].Seconds(), "s-commit-to-rolling-back")
 	b.ReportMetric(took.Seconds(), "s-sync")
 	b.ReportMetric(float64(failed), "sync-not-completed")
+	b.ReportMetric(idle[reconciler.RollbackCompleted].Seconds(), "s-idle-commit-to-rollback-completed")
+	b.Logf("with no other pipeline syncing: RUNNING after %s, ROLLING_BACK after %s, ROLLBACK_COMPLETED after %s",
+		idle[reconciler.Running].Round(10*time.Millisecond), idle[reconciler.RollingBack].Round(10*time.Millisecond), idle[reconciler.RollbackCompleted].Round(10*time.Millisecond))
 	b.Logf("crash-looping release committed %s after the sync of %d pipelines began: RUNNING after %s, ROLLING_BACK after %s, ROLLBACK_COMPLETED after %s, when %d of the %d had ended; the sync took %s, %d COMPLETED, %d not",
 		at.Sub(start).Round(100*time.Millisecond), n, seen[reconciler.Running].Round(10*time.Millisecond), seen[reconciler.RollingBack].Round(10*time.Millisecond),
 		rolledBack.Round(10*time.Millisecond), ended, n, took.Round(100*time.Millisecond), completed, failed)
+}
+
+// crashRelease commits a release of pipeline whose pods crash-loop (image tag tag, which must
+// contain "broken"), waits for its execution to end ROLLBACK_COMPLETED, and returns when,
+// after the commit, the execution first had each status, as a watch saw them, and when it
+// committed.
+func crashRelease(b *testing.B, e *env, pipeline, tag string) (map[reconciler.Status]time.Duration, time.Time) {
+	type change struct {
+		phase reconciler.Status
+		at    time.Time
+	}
+	changes := make(chan change, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var (
+		mu  sync.Mutex
+		bad string
+	)
+	go func() {
+		_ = e.store.WatchExecutions(ctx, pipeline, func(x *reconciler.Execution) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if x.Spec.Kind == reconciler.KindDeploy && bad != "" && x.Spec.Commit == bad {
+				changes <- change{x.Status.Phase, time.Now()}
+			}
+			return false
+		})
+	}()
+	time.Sleep(time.Second) // the watch is established
+	mu.Lock()
+	at := time.Now()
+	var err error
+	bad, err = e.repo.CommitFiles("release "+pipeline+" "+tag, e.pipelineFiles(pipeline, tag, 1))
+	mu.Unlock()
+	require.NoError(b, err)
+	seen := map[reconciler.Status]time.Duration{}
+	timeout := time.After(20 * time.Minute)
+	for seen[reconciler.RollbackCompleted] == 0 {
+		select {
+		case c := <-changes:
+			if _, ok := seen[c.phase]; !ok {
+				seen[c.phase] = c.at.Sub(at)
+			}
+			require.False(b, c.phase.Terminal() && c.phase != reconciler.RollbackCompleted, "the crash-looping release ended %s", c.phase)
+		case <-timeout:
+			b.Fatalf("the crash-looping release %s was not rolled back within 20m; seen: %v", tag, seen)
+		}
+	}
+	return seen, at
 }
