@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,6 +48,10 @@ type Options struct {
 	// the API servers, and an execution that runs (verifying, rolling back) is not slowed by
 	// hundreds that start. Resumed executions do not wait. Default DefaultMaxConcurrent.
 	MaxConcurrent int
+	// Owns, when set, says which pipelines this reconciler acts for (a shard of them): Resume
+	// continues only their executions, and Sync must be given only their targets. Default:
+	// every pipeline.
+	Owns func(pipeline string) bool
 }
 
 // DefaultMaxConcurrent is the default of Options.MaxConcurrent.
@@ -127,6 +132,7 @@ func (r *Reconciler) Resume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	all = slices.DeleteFunc(all, func(x Execution) bool { return !r.owns(x.Spec.Pipeline) })
 	r.store.indexExecutions(all)
 	if err := r.primeLedgers(ctx); err != nil {
 		return err
@@ -188,6 +194,11 @@ func (r *Reconciler) Resume(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// owns reports whether the reconciler acts for pipeline (Options.Owns).
+func (r *Reconciler) owns(pipeline string) bool {
+	return r.opts.Owns == nil || r.opts.Owns(pipeline)
 }
 
 // Wait blocks until every worker stopped, after ctx passed to Sync was canceled.
