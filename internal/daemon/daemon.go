@@ -102,6 +102,8 @@ type Daemon struct {
 	gen  int64
 	// acting holds the shards this replica acts for, by index.
 	acting map[int]*shard
+	// sharder shares the shards with the other replicas (with LeaderElection).
+	sharder *sharder
 }
 
 // shard is the part of the pipelines one replica acts for: its reconciler and status writer
@@ -200,20 +202,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 		return err
 	}
-	id := d.opts.Identity
-	if id == "" {
-		id, _ = os.Hostname()
-	}
-	cs, err := kubernetes.NewForConfig(d.opts.Home)
-	if err != nil {
-		return err
-	}
-	sharder := newSharder(d.opts.Shards, id, d.opts.Namespace, cs, d.reg, d.log, func(ctx context.Context, i int) {
-		if err := d.act(ctx, i); err != nil && ctx.Err() == nil {
-			d.log.Error("stopped acting for a shard", "shard", i, "err", err)
-		}
-	})
-	sharder.run(ctx)
+	d.sharder.run(ctx)
 	if err := <-follow; ctx.Err() == nil {
 		return err
 	}
@@ -288,6 +277,22 @@ func newDaemon(opts Options) (*Daemon, error) {
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
 		metrics:  reconciler.NewMetrics(reg), records: records, events: events,
 		acting: map[int]*shard{},
+	}
+	if opts.LeaderElection {
+		id := opts.Identity
+		if id == "" {
+			id, _ = os.Hostname()
+		}
+		// A client of its own: renewals never wait behind the records' rate limit.
+		leases, err := kubernetes.NewForConfig(opts.Home)
+		if err != nil {
+			return nil, err
+		}
+		d.sharder = newSharder(opts.Shards, id, opts.Namespace, leases, reg, log, func(ctx context.Context, i int) {
+			if err := d.act(ctx, i); err != nil && ctx.Err() == nil {
+				d.log.Error("stopped acting for a shard", "shard", i, "err", err)
+			}
+		}, source.Trigger)
 	}
 	return d, nil
 }
@@ -529,7 +534,11 @@ func (d *Daemon) server(ctx context.Context) (*http.Server, net.Listener, error)
 	if len(d.opts.WebhookSecret) > 0 {
 		wopts := gitsource.DefaultWebhookOptions()
 		wopts.Secret, wopts.Logger, wopts.Registerer = d.opts.WebhookSecret, d.log, d.reg
-		hook, err := gitsource.NewWebhook(d.source, wopts)
+		var target gitsource.Triggerer = d.source
+		if d.sharder != nil {
+			target = d.sharder // polls here, and tells the other replicas to
+		}
+		hook, err := gitsource.NewWebhook(target, wopts)
 		if err != nil {
 			return nil, nil, err
 		}

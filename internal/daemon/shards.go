@@ -18,7 +18,10 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
@@ -33,7 +36,9 @@ import (
 // heartbeat, and takes shards while it holds fewer than its fair share (the shards divided by
 // the live members, rounded up), and hands one back when it holds more. The member Leases
 // only balance the load; which replica acts is decided by the shard Leases alone, with
-// client-go's leader election renewing them.
+// client-go's leader election renewing them. A replica that receives a push webhook says so
+// on its member Lease, and the others, which watch the Leases, poll Git at once too: the
+// push may be for pipelines they act for.
 const (
 	leaseDuration = 15 * time.Second
 	renewDeadline = 10 * time.Second
@@ -47,6 +52,8 @@ const (
 	labelLease  = "ebb.dev/lease"
 	labelShards = "ebb.dev/shards"
 	memberLease = "ebb-member-"
+	// annotationPushed, on a member Lease, is when its replica last received a push webhook.
+	annotationPushed = "ebb.dev/push-received-at"
 )
 
 // ShardOf returns the shard, of shards, that pipeline belongs to.
@@ -84,13 +91,16 @@ var notNameChars = regexp.MustCompile(`[^a-z0-9.-]+`)
 
 // memberLeaseName is the member Lease of the replica named id.
 func memberLeaseName(id string) string {
-	name := memberLease + strings.Trim(notNameChars.ReplaceAllString(strings.ToLower(id), "-"), "-.")
-	if len(name) > 253 {
-		h := fnv.New32a()
-		_, _ = h.Write([]byte(id))
-		name = fmt.Sprintf("%s-%08x", name[:240], h.Sum32())
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	part := strings.Trim(notNameChars.ReplaceAllString(strings.ToLower(id), "-"), "-.")
+	switch {
+	case part == "":
+		part = fmt.Sprintf("%08x", h.Sum32())
+	case len(memberLease+part) > 253:
+		part = fmt.Sprintf("%s-%08x", strings.Trim(part[:230], "-."), h.Sum32())
 	}
-	return name
+	return memberLease + part
 }
 
 // sharder keeps this replica's share of the shards, running act for each shard it holds
@@ -102,8 +112,13 @@ type sharder struct {
 	client    kubernetes.Interface
 	log       *slog.Logger
 	act       func(ctx context.Context, shard int)
-	owned     *prometheus.GaugeVec
+	// onPush is called when another replica received a push webhook.
+	onPush func()
+	owned  *prometheus.GaugeVec
+	leases cache.SharedIndexInformer
+	pushed chan struct{} // this replica received a push: say so
 
+	seenMu sync.Mutex
 	// seen records, by Lease name, when this replica last saw the Lease change (its own
 	// clock, as client-go's leader election does: the clocks of replicas need not agree).
 	seen map[string]seenLease
@@ -130,16 +145,53 @@ type holding struct {
 	done     chan struct{}
 }
 
-func newSharder(shards int, id, namespace string, client kubernetes.Interface, reg prometheus.Registerer, log *slog.Logger, act func(context.Context, int)) *sharder {
+func newSharder(shards int, id, namespace string, client kubernetes.Interface, reg prometheus.Registerer, log *slog.Logger, act func(context.Context, int), onPush func()) *sharder {
 	owned := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "ebb_shard_owned", Help: "1 for each shard this replica holds the Lease of and acts for.",
 	}, []string{"shard"})
 	if reg != nil {
 		reg.MustRegister(owned)
 	}
-	return &sharder{
-		shards: max(shards, 1), id: id, namespace: namespace, client: client, act: act, owned: owned,
+	s := &sharder{
+		shards: max(shards, 1), id: id, namespace: namespace, client: client, act: act, onPush: onPush, owned: owned,
 		log: log.With("component", "shards", "identity", id), seen: map[string]seenLease{}, holding: map[int]*holding{},
+		pushed: make(chan struct{}, 1),
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
+	s.leases = factory.Coordination().V1().Leases().Informer()
+	_, _ = s.leases.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.observe(nil, obj) },
+		UpdateFunc: s.observe,
+	})
+	return s
+}
+
+// observe notes when a Lease changed, and polls Git when another replica says it received a
+// push.
+func (s *sharder) observe(old, obj any) {
+	l, ok := obj.(*coordinationv1.Lease)
+	if !ok {
+		return
+	}
+	s.seenMu.Lock()
+	if seen, ok := s.seen[l.Name]; !ok || seen.version != l.ResourceVersion {
+		s.seen[l.Name] = seenLease{version: l.ResourceVersion, at: time.Now()}
+	}
+	s.seenMu.Unlock()
+	if o, ok := old.(*coordinationv1.Lease); ok && holder(l) != s.id && l.Labels[labelLease] == "member" &&
+		l.Annotations[annotationPushed] != o.Annotations[annotationPushed] && s.onPush != nil {
+		s.onPush()
+	}
+}
+
+// Trigger is the push webhook's: it polls Git, and tells the other replicas to.
+func (s *sharder) Trigger() {
+	if s.onPush != nil {
+		s.onPush()
+	}
+	select {
+	case s.pushed <- struct{}{}:
+	default:
 	}
 }
 
@@ -147,11 +199,16 @@ func newSharder(shards int, id, namespace string, client kubernetes.Interface, r
 // their task boundaries) so that the other replicas take them over at once.
 func (s *sharder) run(ctx context.Context) {
 	s.log.Info("sharing the pipelines' shards", "shards", s.shards)
+	go s.leases.Run(ctx.Done())
+	go s.announcePushes(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), s.leases.HasSynced) {
+		return
+	}
 	t := time.NewTicker(retryPeriod)
 	defer t.Stop()
 	for {
 		if err := s.tick(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("read the Leases; trying again", "err", err)
+			s.log.Warn("renew this replica's member Lease, or take a shard; trying again", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -162,25 +219,34 @@ func (s *sharder) run(ctx context.Context) {
 	}
 }
 
-// tick renews this replica's member Lease, then takes or hands back shards to hold its fair
-// share.
-func (s *sharder) tick(ctx context.Context) error {
-	if s.shards > 1 {
-		if err := s.renewMember(ctx); err != nil {
-			return err
+// announcePushes records each push webhook this replica receives on its member Lease.
+func (s *sharder) announcePushes(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.pushed:
+		}
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotationPushed, time.Now().UTC().Format(time.RFC3339Nano))
+		if _, err := s.client.CoordinationV1().Leases(s.namespace).Patch(ctx, memberLeaseName(s.id), types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil && ctx.Err() == nil {
+			s.log.Warn("tell the other replicas of a push; they poll on their own", "err", err)
 		}
 	}
-	list, err := s.client.CoordinationV1().Leases(s.namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
+}
+
+// tick renews this replica's member Lease, then takes or hands back shards to hold its fair
+// share, from the Leases as the watch last saw them.
+func (s *sharder) tick(ctx context.Context) error {
+	if err := s.renewMember(ctx); err != nil {
 		return err
 	}
 	now := time.Now()
 	leases := map[string]*coordinationv1.Lease{}
 	members, foreign := 0, ""
-	for i := range list.Items {
-		l := &list.Items[i]
-		if seen, ok := s.seen[l.Name]; !ok || seen.version != l.ResourceVersion {
-			s.seen[l.Name] = seenLease{version: l.ResourceVersion, at: now}
+	for _, obj := range s.leases.GetStore().List() {
+		l, ok := obj.(*coordinationv1.Lease)
+		if !ok {
+			continue
 		}
 		leases[l.Name] = l
 		live := s.live(l, now)
@@ -189,7 +255,7 @@ func (s *sharder) tick(ctx context.Context) error {
 			foreign = l.Name
 		case l.Labels[labelLease] == "member" && live:
 			members++
-		case l.Labels[labelLease] == "member" && now.Sub(s.seen[l.Name].at) > 10*leaseDuration:
+		case l.Labels[labelLease] == "member" && now.Sub(s.seenAt(l.Name)) > 10*leaseDuration:
 			// A replica that is gone: its member Lease would only be listed again and again.
 			_ = s.client.CoordinationV1().Leases(s.namespace).Delete(ctx, l.Name, metav1.DeleteOptions{
 				Preconditions: &metav1.Preconditions{ResourceVersion: &l.ResourceVersion},
@@ -262,7 +328,7 @@ func (s *sharder) tick(ctx context.Context) error {
 }
 
 // live reports whether l is held and was renewed within its duration, by this replica's
-// clock. Called from tick only.
+// clock.
 func (s *sharder) live(l *coordinationv1.Lease, now time.Time) bool {
 	if holder(l) == "" {
 		return false
@@ -271,7 +337,14 @@ func (s *sharder) live(l *coordinationv1.Lease, now time.Time) bool {
 	if l.Spec.LeaseDurationSeconds != nil {
 		d = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
 	}
-	return now.Sub(s.seen[l.Name].at) < d
+	return now.Sub(s.seenAt(l.Name)) < d
+}
+
+// seenAt is when this replica last saw the Lease name change.
+func (s *sharder) seenAt(name string) time.Time {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	return s.seen[name].at
 }
 
 func holder(l *coordinationv1.Lease) string {
@@ -309,25 +382,29 @@ func (s *sharder) handBackOne(fair int) {
 	}
 }
 
-// renewMember renews (or creates) this replica's member Lease.
+// renewMember renews (or creates) this replica's member Lease, from its copy in the watch.
 func (s *sharder) renewMember(ctx context.Context) error {
 	leases := s.client.CoordinationV1().Leases(s.namespace)
 	name := memberLeaseName(s.id)
 	now := metav1.NewMicroTime(time.Now())
 	secs := int32(leaseDuration / time.Second)
-	l, err := leases.Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		_, err = leases.Create(ctx, &coordinationv1.Lease{
+	obj, ok, _ := s.leases.GetStore().GetByKey(s.namespace + "/" + name)
+	if !ok {
+		_, err := leases.Create(ctx, &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{labelLease: "member"}},
 			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &s.id, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
 		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // the watch has not shown it yet
+		}
 		return err
 	}
-	if err != nil {
-		return err
-	}
+	l := obj.(*coordinationv1.Lease).DeepCopy()
 	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.RenewTime = &s.id, &secs, &now
-	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	_, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+	if apierrors.IsConflict(err) {
+		return nil // changed since the watch showed it (a push announced): next time
+	}
 	return err
 }
 

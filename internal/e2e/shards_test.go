@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	ebbdaemon "ebb.dev/ebb/internal/daemon"
+	"ebb.dev/ebb/internal/gitserver"
 	"ebb.dev/ebb/reconciler"
 )
 
@@ -128,6 +129,58 @@ func TestShardsShareAndHandOver(t *testing.T) {
 				continue
 			}
 			assert.Zero(t, d.CountLogs("msg", "task started", "pipeline", p), "%s acted for %s", id, p)
+		}
+	}
+}
+
+// TestShardsWebhookReachesEveryReplica sends each push webhook to one replica of three, as a
+// Service would, with polling off: the replicas that act for the pushed pipelines poll too.
+func TestShardsWebhookReachesEveryReplica(t *testing.T) {
+	t.Parallel()
+	const secret, shards = "webhook-secret", 3
+	e := newEnv(t, "shardhook", envOptions{server: &gitserver.Options{Username: "ebb", Password: "pw"}})
+	e.daemonEnv = append(e.daemonEnv, "EBB_WEBHOOK_SECRET="+secret)
+	// One pipeline in each shard.
+	var names []string
+	for i, taken := 0, map[int]bool{}; len(names) < shards; i++ {
+		if n := fmt.Sprintf("hook-app-%d", i); !taken[ebbdaemon.ShardOf(n, shards)] {
+			taken[ebbdaemon.ShardOf(n, shards)] = true
+			names = append(names, n)
+		}
+	}
+	release := func(tag string) string {
+		files := map[string]string{}
+		for _, n := range names {
+			for path, content := range e.pipelineFiles(n, tag, 1) {
+				files[path] = content
+			}
+		}
+		sha, err := e.repo.CommitFiles("release "+tag, files)
+		require.NoError(t, err)
+		e.push()
+		return sha
+	}
+	// A first commit, so that each replica's first poll succeeds, and the next is in an hour.
+	_, err := e.repo.CommitFiles("a README", map[string]string{"README.md": "pipelines\n"})
+	require.NoError(t, err)
+	e.push()
+	var replicas []*daemon
+	for _, id := range []string{"hook-a", "hook-b", "hook-c"} {
+		replicas = append(replicas, e.startDaemon("--leader-elect=true", "--shards", fmt.Sprint(shards), "--identity", id, "--interval", "1h"))
+	}
+	require.Eventually(t, func() bool {
+		seen := map[string]bool{}
+		for _, h := range shardHolders(t, e, shards) {
+			seen[h] = true
+		}
+		return len(seen) == shards && !seen[""]
+	}, 60*time.Second, 200*time.Millisecond, "the replicas did not share the shards out: %v", shardHolders(t, e, shards))
+
+	for i, tag := range []string{"1.0", "1.1"} {
+		sha := release(tag)
+		sendPush(t, replicas[i].port, secret)
+		for _, n := range names {
+			waitPipelineExecution(t, e, n, sha, reconciler.Completed)
 		}
 	}
 }
