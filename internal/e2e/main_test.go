@@ -32,6 +32,10 @@ var (
 	moduleRoot      string
 )
 
+// scaleNodes is the kwok nodes of each cluster: room for the benchmarks' thousands of pods
+// (each node takes 1000).
+const scaleNodes = 4
+
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
@@ -58,12 +62,12 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "build the demo: %v\n%s", err, b)
 		return 1
 	}
-	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev"}); err != nil {
+	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev", Nodes: scaleNodes}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer dev.Stop()
-	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod"}); err != nil {
+	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod", Nodes: scaleNodes}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
