@@ -316,17 +316,16 @@ func (d *Daemon) act(ctx context.Context, index int) error {
 		MaxConcurrent: d.opts.MaxConcurrent, Owns: sh.owns,
 		Observer: sh.status,
 	})
-	// The records as they are before Resume writes any: the status writer hears of every
-	// write after that.
-	if err := sh.status.read(ctx); err != nil {
-		log.Warn("read records for the pipeline status; trying again later", "err", err)
-	}
+	// The status writer reads the records beside Resume: it keeps what Resume writes
+	// meanwhile over what it reads (statusWriter.markFresh).
 	go sh.status.run(ctx)
+	sh.status.poke()
 	// Notifications and write-back follow the execution records (closeloop.go).
 	go d.closeLoop(ctx, sh.owns)
 	if err := sh.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}
+	resumed := time.Since(began)
 	d.mu.Lock()
 	d.acting[index] = sh
 	snap, gen := d.snap, d.gen
@@ -340,7 +339,8 @@ func (d *Daemon) act(ctx context.Context, index int) error {
 		d.planMu.Lock()
 		d.planFor(snap, gen, []*shard{sh})
 		d.planMu.Unlock()
-		log.Info("acting for the pipelines", "commit", snap.ShortCommit(), "pipelines", len(sh.all()), "took", time.Since(began).Round(time.Millisecond).String())
+		log.Info("acting for the pipelines", "commit", snap.ShortCommit(), "pipelines", len(sh.all()),
+			"took", time.Since(began).Round(time.Millisecond).String(), "resume", resumed.Round(time.Millisecond).String())
 	}
 	go d.resync(ctx, sh)
 	go d.watchReconcileRequests(ctx, sh) // reconcile.go

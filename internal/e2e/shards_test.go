@@ -133,6 +133,49 @@ func TestShardsShareAndHandOver(t *testing.T) {
 	}
 }
 
+// TestShardsRebalanceOnJoin starts one replica with two shards, which takes both, then a
+// second: the first hands one shard back, the second takes it, and then releases the
+// pipelines of that shard.
+func TestShardsRebalanceOnJoin(t *testing.T) {
+	t.Parallel()
+	const shards = 2
+	e := newEnv(t, "shardjoin", envOptions{})
+	names := oneInEachShard("join-app", shards)
+	release := func(tag string) string { return releaseAll(t, e, names, tag) }
+	a := e.startDaemon("--leader-elect=true", "--shards", fmt.Sprint(shards), "--identity", "join-a")
+	require.Eventually(t, func() bool {
+		h := shardHolders(t, e, shards)
+		return h[0] == "join-a" && h[1] == "join-a"
+	}, 60*time.Second, 200*time.Millisecond, "a replica alone did not take every shard: %v", shardHolders(t, e, shards))
+	first := release("1.0")
+	for _, n := range names {
+		waitPipelineExecution(t, e, n, first, reconciler.Completed)
+	}
+
+	b := e.startDaemon("--leader-elect=true", "--shards", fmt.Sprint(shards), "--identity", "join-b")
+	require.Eventually(t, func() bool {
+		h := shardHolders(t, e, shards)
+		return (h[0] == "join-a") != (h[1] == "join-a") && (h[0] == "join-b") != (h[1] == "join-b")
+	}, 60*time.Second, 200*time.Millisecond, "the replicas did not share the shards out: %v", shardHolders(t, e, shards))
+	a.WaitLog(10*time.Second, "msg", "handing a shard back to even out the replicas")
+	moved := 0
+	if shardHolders(t, e, shards)[1] == "join-b" {
+		moved = 1
+	}
+	b.WaitLog(30*time.Second, "msg", "acting for the pipelines", "shard", fmt.Sprint(moved))
+
+	next := release("1.1")
+	for _, n := range names {
+		waitPipelineExecution(t, e, n, next, reconciler.Completed)
+		acted := b
+		if ebbdaemon.ShardOf(n, shards) != moved {
+			acted = a
+		}
+		assert.Positive(t, acted.CountLogs("msg", "task started", "pipeline", n, "commit", next[:7]), "%s: released by the shard's new holder", n)
+	}
+	assert.Zero(t, b.CountLogs("msg", "task started", "commit", first[:7]), "the joining replica ran nothing of the first release")
+}
+
 // TestShardsWebhookReachesEveryReplica sends each push webhook to one replica of three, as a
 // Service would, with polling off: the replicas that act for the pushed pipelines poll too.
 func TestShardsWebhookReachesEveryReplica(t *testing.T) {
@@ -140,26 +183,8 @@ func TestShardsWebhookReachesEveryReplica(t *testing.T) {
 	const secret, shards = "webhook-secret", 3
 	e := newEnv(t, "shardhook", envOptions{server: &gitserver.Options{Username: "ebb", Password: "pw"}})
 	e.daemonEnv = append(e.daemonEnv, "EBB_WEBHOOK_SECRET="+secret)
-	// One pipeline in each shard.
-	var names []string
-	for i, taken := 0, map[int]bool{}; len(names) < shards; i++ {
-		if n := fmt.Sprintf("hook-app-%d", i); !taken[ebbdaemon.ShardOf(n, shards)] {
-			taken[ebbdaemon.ShardOf(n, shards)] = true
-			names = append(names, n)
-		}
-	}
-	release := func(tag string) string {
-		files := map[string]string{}
-		for _, n := range names {
-			for path, content := range e.pipelineFiles(n, tag, 1) {
-				files[path] = content
-			}
-		}
-		sha, err := e.repo.CommitFiles("release "+tag, files)
-		require.NoError(t, err)
-		e.push()
-		return sha
-	}
+	names := oneInEachShard("hook-app", shards)
+	release := func(tag string) string { return releaseAll(t, e, names, tag) }
 	// A first commit, so that each replica's first poll succeeds, and the next is in an hour.
 	_, err := e.repo.CommitFiles("a README", map[string]string{"README.md": "pipelines\n"})
 	require.NoError(t, err)
@@ -183,6 +208,33 @@ func TestShardsWebhookReachesEveryReplica(t *testing.T) {
 			waitPipelineExecution(t, e, n, sha, reconciler.Completed)
 		}
 	}
+}
+
+// oneInEachShard returns a pipeline name with prefix for each of shards.
+func oneInEachShard(prefix string, shards int) []string {
+	var names []string
+	for i, taken := 0, map[int]bool{}; len(names) < shards; i++ {
+		if n := fmt.Sprintf("%s-%d", prefix, i); !taken[ebbdaemon.ShardOf(n, shards)] {
+			taken[ebbdaemon.ShardOf(n, shards)] = true
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// releaseAll commits (and pushes) image tag for every pipeline of names.
+func releaseAll(t testing.TB, e *env, names []string, tag string) string {
+	t.Helper()
+	files := map[string]string{}
+	for _, n := range names {
+		for path, content := range e.pipelineFiles(n, tag, 1) {
+			files[path] = content
+		}
+	}
+	sha, err := e.repo.CommitFiles("release "+tag, files)
+	require.NoError(t, err)
+	e.push()
+	return sha
 }
 
 // waitPipelineExecution waits for pipeline's Deploy execution of commit to reach status.
