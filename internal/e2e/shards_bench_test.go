@@ -98,8 +98,8 @@ func BenchmarkShardHandover(b *testing.B) {
 	acting := replicas[taker].WaitLog(5*time.Minute, "msg", "acting for the pipelines", "shard", "0")
 	owned := time.Since(killed)
 	b.StopTimer()
-	b.Logf("shard 0 (%v pipelines) of %s: Lease held by %s after %s, acted for after %s (%v)",
-		acting["pipelines"], victim, taker, leased.Round(10*time.Millisecond), owned.Round(10*time.Millisecond), acting["took"])
+	b.Logf("shard 0 (%v pipelines) of %s: Lease held by %s after %s, acted for after %s (resumed in %v, planned in all %v)",
+		acting["pipelines"], victim, taker, leased.Round(10*time.Millisecond), owned.Round(10*time.Millisecond), acting["resume"], acting["took"])
 
 	// A release of an app of the shard taken over.
 	var app string
