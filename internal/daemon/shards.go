@@ -126,8 +126,9 @@ type sharder struct {
 	// ticks counts the ticks: on the first, this replica only looks, so that replicas started
 	// together see each other's member Leases before they take shards.
 	ticks int
-	// following is the holders this replica last said it follows (it holds no shard).
-	following string
+	// following is the holders this replica last said it follows (it holds no shard), and
+	// waiting the Lease of another shard count it last said it waits for.
+	following, waiting string
 
 	mu      sync.Mutex
 	holding map[int]*holding
@@ -285,9 +286,13 @@ func (s *sharder) tick(ctx context.Context) error {
 		return nil
 	}
 	if foreign != "" {
-		s.log.Info("waiting for the replicas of another shard count to stop", "lease", foreign)
+		if foreign != s.waiting {
+			s.log.Info("waiting for the replicas of another shard count to stop", "lease", foreign)
+		}
+		s.waiting = foreign
 		return nil
 	}
+	s.waiting = ""
 	defer func() {
 		if held > 0 {
 			s.following = ""

@@ -176,6 +176,38 @@ func TestShardsRebalanceOnJoin(t *testing.T) {
 	assert.Zero(t, b.CountLogs("msg", "task started", "commit", first[:7]), "the joining replica ran nothing of the first release")
 }
 
+// TestShardCountChangeWaitsForOldReplicas runs a replica of one shard, then one of two, as a
+// rolling update that changes sharding.shards would: the new replica acts for nothing while
+// the old one holds ebb-leader, and takes both shards once the old one is gone.
+func TestShardCountChangeWaitsForOldReplicas(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "shardcount", envOptions{})
+	names := oneInEachShard("count-app", 2)
+	old := e.startDaemon("--leader-elect=true", "--identity", "count-old")
+	old.WaitLog(30*time.Second, "msg", "acting for the shard", "identity", "count-old")
+	first := releaseAll(t, e, names, "1.0")
+	for _, n := range names {
+		waitPipelineExecution(t, e, n, first, reconciler.Completed)
+	}
+
+	next := e.startDaemon("--leader-elect=true", "--shards", "2", "--identity", "count-new")
+	next.WaitLog(30*time.Second, "msg", "waiting for the replicas of another shard count to stop", "lease", ebbdaemon.LeaderLease)
+	second := releaseAll(t, e, names, "1.1")
+	for _, n := range names {
+		waitPipelineExecution(t, e, n, second, reconciler.Completed)
+	}
+	assert.Zero(t, next.CountLogs("msg", "acting for the shard"), "the replica of the new count acted beside the old one")
+
+	require.NoError(t, old.Terminate()) // SIGTERM: it releases ebb-leader
+	next.WaitLog(30*time.Second, "msg", "acting for the pipelines", "shard", "0")
+	next.WaitLog(30*time.Second, "msg", "acting for the pipelines", "shard", "1")
+	third := releaseAll(t, e, names, "1.2")
+	for _, n := range names {
+		waitPipelineExecution(t, e, n, third, reconciler.Completed)
+		assert.Positive(t, next.CountLogs("msg", "task started", "pipeline", n, "commit", third[:7]))
+	}
+}
+
 // TestShardsWebhookReachesEveryReplica sends each push webhook to one replica of three, as a
 // Service would, with polling off: the replicas that act for the pushed pipelines poll too.
 func TestShardsWebhookReachesEveryReplica(t *testing.T) {
