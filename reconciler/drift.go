@@ -11,13 +11,33 @@ import (
 	"ebb.dev/ebb/planner"
 )
 
+// driftChecksAtOnce bounds the pipelines that check drift at once. Checks that piled up (every
+// pipeline of a shard just taken over, or of a daemon just started) then send their requests
+// a few at a time, and a release's requests wait behind a few of theirs, not behind thousands,
+// in the client's rate limit.
+const driftChecksAtOnce = 4
+
 // checkDrift compares each in-sync stage's objects in its cluster with the release, read-only:
 // drift is a non-empty server-side apply dry-run diff (ssa.Manager.Drift), so values the API
 // server stores in another form and fields other managers own are never drift. Objects changed
 // by hand (or gone) are applied again when the stage self-heals (the default); otherwise the
-// drift is only reported.
-func (r *Reconciler) checkDrift(ctx context.Context, t *Target, ledgers map[string]*StageLedgerStatus) error {
+// drift is only reported. A check gives way, before each stage, when newer closes (a commit to
+// act on arrived): the next resync checks again.
+func (r *Reconciler) checkDrift(ctx context.Context, t *Target, ledgers map[string]*StageLedgerStatus, newer <-chan struct{}) error {
+	select {
+	case r.driftSlots <- struct{}{}:
+		defer func() { <-r.driftSlots }()
+	case <-newer:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	for i := range t.Stages {
+		select {
+		case <-newer:
+			return nil
+		default:
+		}
 		d := &t.Stages[i]
 		cur := ledgers[d.Stage.Name].Current
 		if cur == nil {

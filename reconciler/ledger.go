@@ -89,7 +89,9 @@ func (r *Reconciler) primeLedgers(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range all {
-		r.ledgerCache[all[i].Name] = all[i].DeepCopy()
+		if r.owns(all[i].Spec.Pipeline) {
+			r.ledgerCache[all[i].Name] = all[i].DeepCopy()
+		}
 	}
 	r.ledgersListed = true
 	return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,6 +48,10 @@ type Options struct {
 	// the API servers, and an execution that runs (verifying, rolling back) is not slowed by
 	// hundreds that start. Resumed executions do not wait. Default DefaultMaxConcurrent.
 	MaxConcurrent int
+	// Owns, when set, says which pipelines this reconciler acts for (a shard of them): Resume
+	// continues only their executions, and Sync must be given only their targets. Default:
+	// every pipeline.
+	Owns func(pipeline string) bool
 }
 
 // DefaultMaxConcurrent is the default of Options.MaxConcurrent.
@@ -72,6 +77,8 @@ type Reconciler struct {
 	wg              sync.WaitGroup
 	// slots are Options.MaxConcurrent, handed to the executions that wait for one (slots.go).
 	slots *slotQueue
+	// driftSlots holds a token per drift check in hand (driftChecksAtOnce).
+	driftSlots chan struct{}
 }
 
 // New returns a Reconciler. Call Resume once, then Sync for each new commit.
@@ -94,14 +101,15 @@ func New(opts Options) *Reconciler {
 	store := NewStore(opts.Records, opts.Namespace)
 	store.observer = opts.Observer
 	return &Reconciler{
-		slots:   newSlotQueue(opts.MaxConcurrent),
-		opts:    opts,
-		store:   store,
-		log:     opts.Logger.With("component", "reconciler"),
-		metrics: opts.Metrics,
-		workers: map[string]*worker{},
-		good:    map[string]*Desired{},
-		synced:  map[string]map[string]string{},
+		slots:      newSlotQueue(opts.MaxConcurrent),
+		driftSlots: make(chan struct{}, driftChecksAtOnce),
+		opts:       opts,
+		store:      store,
+		log:        opts.Logger.With("component", "reconciler"),
+		metrics:    opts.Metrics,
+		workers:    map[string]*worker{},
+		good:       map[string]*Desired{},
+		synced:     map[string]map[string]string{},
 
 		ledgerCache: map[string]*StageLedger{}, ledgerForgotten: map[string]bool{},
 	}
@@ -127,6 +135,7 @@ func (r *Reconciler) Resume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	all = slices.DeleteFunc(all, func(x Execution) bool { return !r.owns(x.Spec.Pipeline) })
 	r.store.indexExecutions(all)
 	if err := r.primeLedgers(ctx); err != nil {
 		return err
@@ -188,6 +197,11 @@ func (r *Reconciler) Resume(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// owns reports whether the reconciler acts for pipeline (Options.Owns).
+func (r *Reconciler) owns(pipeline string) bool {
+	return r.opts.Owns == nil || r.opts.Owns(pipeline)
 }
 
 // Wait blocks until every worker stopped, after ctx passed to Sync was canceled.
@@ -274,6 +288,9 @@ type worker struct {
 	queued  *Execution // QUEUED record of next, if any
 	resumed *Execution // an execution to continue before anything else
 	resumeT *Target
+	// newer is closed when a target of another commit arrives while busy: a drift check in
+	// hand gives way to it (checkDrift).
+	newer chan struct{}
 }
 
 // resume hands the worker an execution found open at start: a running one continues first;
@@ -303,6 +320,10 @@ func (w *worker) offer(ctx context.Context, t *Target) {
 	}
 	w.next = t
 	if w.busy {
+		if w.newer != nil && t.Commit.SHA != w.current {
+			close(w.newer)
+			w.newer = nil
+		}
 		w.queue(ctx, t)
 	}
 	w.poke()
@@ -405,6 +426,8 @@ func (w *worker) step(ctx context.Context) bool {
 		return false
 	}
 	w.busy, w.current, w.running = true, t.Commit.SHA, t
+	newer := make(chan struct{})
+	w.newer = newer
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
@@ -412,7 +435,7 @@ func (w *worker) step(ctx context.Context) bool {
 		w.mu.Unlock()
 	}()
 
-	if err := w.r.execute(ctx, x, t); err != nil && !errors.Is(err, errParked) && ctx.Err() == nil {
+	if err := w.r.execute(ctx, x, t, newer); err != nil && !errors.Is(err, errParked) && ctx.Err() == nil {
 		w.log.Error("execution", "commit", short(t.Commit.SHA), "err", err)
 	}
 	return true
@@ -420,7 +443,7 @@ func (w *worker) step(ctx context.Context) bool {
 
 // execute decides what t means for its pipeline and runs the execution it needs, reusing
 // the record x (QUEUED, or open from before a restart) when given.
-func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error {
+func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target, newer <-chan struct{}) error {
 	log := r.log.With("pipeline", t.Name(), "commit", short(t.Commit.SHA))
 	resuming := x != nil && x.Status.Phase != Queued
 	var slot *execSlot // a resumed execution was running: it does not wait for a slot
@@ -445,7 +468,7 @@ func (r *Reconciler) execute(ctx context.Context, x *Execution, t *Target) error
 				rr := &run{r: r, x: x, log: log}
 				return rr.setPhase(ctx, Canceled, "nothing to run: "+d.reason)
 			}
-			return r.checkDrift(ctx, t, ledgers)
+			return r.checkDrift(ctx, t, ledgers, newer)
 		}
 		// One commit never runs twice, also across restarts: a failure of the cluster is
 		// waited out by the execution itself (untilClusterAnswers).

@@ -89,7 +89,7 @@ func reconcile(cmd *cobra.Command, rf *recordFlags, pipeline string, wait bool, 
 		return true, runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, handled)
 	})
 	if err != nil {
-		return fmt.Errorf("the daemon did not handle the request within %s (is it running? `kubectl -n %s get lease ebb-leader`): %w", timeout, rf.namespace, err)
+		return fmt.Errorf("the daemon did not handle the request within %s (is it running? `kubectl -n %s get leases` shows which replica holds each shard): %w", timeout, rf.namespace, err)
 	}
 	commit := "no commit yet"
 	if c := handled.Status.LastPlannedCommit; c != nil {

@@ -35,6 +35,7 @@ type runFlags struct {
 	cacheDir, credsDir      string
 	webhookSecretFile       string
 	leaderElect             bool
+	shards                  int
 	identity, logLevel      string
 	dashboard               bool
 }
@@ -74,13 +75,14 @@ secret comes from --webhook-secret-file or EBB_WEBHOOK_SECRET.`,
 	// kubectl's connection flags (--kubeconfig, --context, -n, --as, ...) for the cluster ebb
 	// records executions in; default in-cluster, or $KUBECONFIG.
 	f.kube.add(cmd)
-	fl.Lookup("namespace").Usage = "namespace of the execution records and the leader Lease (default: $POD_NAMESPACE, else the kubeconfig context's namespace, else ebb-system)"
+	fl.Lookup("namespace").Usage = "namespace of the execution records and the Leases (default: $POD_NAMESPACE, else the kubeconfig context's namespace, else ebb-system)"
 	fl.StringVar(&f.cacheDir, "cache-dir", filepath.Join(os.TempDir(), "ebb-cache"), "directory of the local Git clone")
 	fl.StringVar(&f.credsDir, "git-credentials-dir", "", "directory of Git credential files (a mounted Secret)")
 	fl.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file holding the push webhook secret")
-	fl.BoolVar(&f.leaderElect, "leader-elect", true, "elect one acting replica with a Lease")
+	fl.BoolVar(&f.leaderElect, "leader-elect", true, "share the pipelines between replicas through Leases (without it, this process acts for every pipeline)")
+	fl.IntVar(&f.shards, "shards", 1, "shards the pipelines are split into, each acted for by one replica at a time (a Lease each); give every replica the same number")
 	fl.BoolVar(&f.dashboard, "dashboard", false, "also serve the Executions page, read-only, on --listen (approvals are never possible there)")
-	fl.StringVar(&f.identity, "identity", "", "this replica's name in the Lease (default: host name)")
+	fl.StringVar(&f.identity, "identity", "", "this replica's name in the Leases (default: host name)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("repo")
 	_ = cmd.MarkFlagRequired("config")
@@ -91,6 +93,9 @@ func runDaemon(ctx context.Context, f runFlags) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return usageErrorf("--log-level: %v", err)
+	}
+	if f.shards < 1 || f.shards > 1000 {
+		return usageErrorf("--shards: %d is not between 1 and 1000", f.shards)
 	}
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	// client-go logs through klog (leader election, watches, throttling): into the same JSON.
@@ -134,7 +139,7 @@ func runDaemon(ctx context.Context, f runFlags) error {
 		Source: src, Config: cfg, Home: home, Namespace: ns, Listen: f.listen,
 		WebhookSecret: secret, Resync: f.resync, RetryBackoff: f.retryBackoff,
 		KubeQPS: f.kubeQPS, KubeBurst: f.kubeBurst, MaxConcurrent: f.maxConcurrent,
-		LeaderElection: f.leaderElect, Identity: f.identity,
+		LeaderElection: f.leaderElect, Shards: f.shards, Identity: f.identity,
 		Dashboard: f.dashboard, Profiling: f.pprof,
 		Logger: logger,
 	})

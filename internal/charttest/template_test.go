@@ -151,7 +151,7 @@ func TestTemplate(t *testing.T) {
 				assert.Equal(t, []string{"run", "--repo=" + url, "--branch=main", "--interval=30s", "--resync=1m", "--retry-backoff=30s",
 					"--max-concurrent-executions=32", "--kube-qps=100", "--kube-burst=200",
 					"--config=/etc/ebb/config/config.yaml", "--listen=:8080", "--cache-dir=/var/cache/ebb",
-					"--leader-elect=true", "--identity=$(POD_NAME)", "--log-level=info"}, c.Args)
+					"--leader-elect=true", "--shards=1", "--identity=$(POD_NAME)", "--log-level=info"}, c.Args)
 				assert.Equal(t, "ghcr.io/ebb-dev/ebb:"+chartAppVersion(t), c.Image, "the image tag is the chart's appVersion")
 				assert.Equal(t, "metadata.namespace", c.Env[1].ValueFrom.FieldRef.FieldPath)
 				assert.Equal(t, "POD_NAMESPACE", c.Env[1].Name)

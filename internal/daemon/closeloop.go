@@ -13,10 +13,11 @@ import (
 	"ebb.dev/ebb/planner"
 )
 
-// closeLoop follows the execution records while this replica leads, with one watch: it
-// notifies the receivers of the daemon config, and writes completed rollbacks back to Git for
-// pipelines with spec.writeBack. It never stops the daemon: a failure is logged.
-func (d *Daemon) closeLoop(ctx context.Context) {
+// closeLoop follows the execution records of the pipelines owns accepts (nil: all) while this
+// replica acts for them, with one watch: it notifies the receivers of the daemon config, and
+// writes completed rollbacks back to Git for pipelines with spec.writeBack. It never stops the
+// daemon: a failure is logged.
+func (d *Daemon) closeLoop(ctx context.Context, owns func(string) bool) {
 	log := d.log.With("component", "notify")
 	records, err := dynamic.NewForConfig(d.opts.Home)
 	if err != nil {
@@ -43,7 +44,7 @@ func (d *Daemon) closeLoop(ctx context.Context) {
 	}
 	n, err := notify.New(notify.Options{
 		Namespace: d.opts.Namespace, Records: records, Home: home, Receivers: conf.Notifications,
-		OnExecution: onExecution, Logger: d.log, Registerer: d.reg,
+		OnExecution: onExecution, Owns: owns, Logger: d.log, Registerer: d.reg,
 	})
 	if err != nil {
 		log.Error("no notifications or write-back", "err", err)

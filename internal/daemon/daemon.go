@@ -1,7 +1,8 @@
 // Package daemon wires ebb's parts into the long-running reconciler that `ebb run` starts:
 // the Git source feeds snapshots to the planner, whose releases the reconciler rolls out,
-// while an HTTP server exposes metrics, health and the push webhook. Only the leader (a
-// Lease) acts; other replicas wait to take over.
+// while an HTTP server exposes metrics, health and the push webhook. The pipelines are split
+// into shards, each with a Lease: a replica acts only for the shards it holds (shards.go),
+// and the others take a shard over when its holder stops.
 package daemon
 
 import (
@@ -19,12 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"ebb.dev/ebb/gitsource"
 	"ebb.dev/ebb/internal/config"
@@ -65,10 +63,13 @@ type Options struct {
 	// RetryBackoff is the first wait before work that failed because a cluster could not
 	// answer is tried again; it grows up to an hour. Default (zero) is the reconciler's, 30s.
 	RetryBackoff time.Duration
-	// LeaderElection makes replicas elect one leader with a Lease; off, this process acts
-	// alone.
+	// LeaderElection makes replicas share the pipelines through Leases (one per shard); off,
+	// this process acts alone for every pipeline.
 	LeaderElection bool
-	// Identity names this replica in the Lease; default the host name.
+	// Shards is how many shards the pipelines are split into, each acted for by one replica
+	// at a time; default 1 (one replica acts, the others wait to take over).
+	Shards int
+	// Identity names this replica in the Leases; default the host name.
 	Identity string
 	// Logger receives every log line.
 	Logger *slog.Logger
@@ -86,20 +87,77 @@ type Daemon struct {
 	log      *slog.Logger
 	source   *gitsource.Source
 	renderer *planner.Renderer
-	rec      *reconciler.Reconciler
 	clusters *clusters
-	status   *statusWriter
 	reg      *prometheus.Registry
 	kube     *kubeRequests
-	leading  atomic.Bool
+	metrics  *reconciler.Metrics
+	records  dynamic.Interface
+	events   kubernetes.Interface
 	polled   atomic.Bool
-	// snapshots numbers the snapshots planned, so that a pipeline takes no target of an
-	// older commit after a newer one (see reconciler.Target.Generation).
-	snapshots atomic.Int64
+
+	planMu sync.Mutex // one plan at a time: of a new snapshot, or of a shard taken over
+
+	mu sync.Mutex
+	// snap is the newest snapshot, and gen numbers the snapshots, so that a pipeline takes
+	// no target of an older commit after a newer one (see reconciler.Target.Generation).
+	snap *gitsource.Snapshot
+	gen  int64
+	// acting holds the shards this replica acts for, by index.
+	acting map[int]*shard
+	// sharder shares the shards with the other replicas (with LeaderElection).
+	sharder *sharder
+}
+
+// shard is the part of the pipelines one replica acts for: its reconciler and status writer
+// are its own, and live as long as the replica holds the shard.
+type shard struct {
+	index  int
+	owns   func(pipeline string) bool // nil: every pipeline
+	ctx    context.Context
+	rec    *reconciler.Reconciler
+	status *statusWriter
 
 	mu      sync.Mutex
-	targets []*reconciler.Target // of the last snapshot, re-synced for drift
+	targets map[string]*reconciler.Target // of the newest snapshot, re-synced for drift
 }
+
+// offer hands t to the shard's reconciler, and keeps it for the drift resync.
+func (sh *shard) offer(t *reconciler.Target) {
+	sh.mu.Lock()
+	sh.targets[t.Name()] = t
+	sh.mu.Unlock()
+	sh.rec.Sync(sh.ctx, []*reconciler.Target{t})
+}
+
+// keepOnly forgets the targets of pipelines not in names (removed from Git, or in error).
+func (sh *shard) keepOnly(names map[string]bool) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for name := range sh.targets {
+		if !names[name] {
+			delete(sh.targets, name)
+		}
+	}
+}
+
+// target returns the shard's target of pipeline, or nil.
+func (sh *shard) target(pipeline string) *reconciler.Target {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.targets[pipeline]
+}
+
+func (sh *shard) all() []*reconciler.Target {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	out := make([]*reconciler.Target, 0, len(sh.targets))
+	for _, t := range sh.targets {
+		out = append(out, t)
+	}
+	return out
+}
+
+func (sh *shard) ownsPipeline(name string) bool { return sh.owns == nil || sh.owns(name) }
 
 // Run runs the daemon until ctx is done. The execution in progress then parks at its task
 // boundary, recorded, for the next leader to continue.
@@ -131,10 +189,47 @@ func Run(ctx context.Context, opts Options) error {
 			wg.Wait()
 		}()
 	}
-	if !opts.LeaderElection {
-		return d.lead(ctx)
+	return d.run(ctx)
+}
+
+// run follows the repository, and acts for every pipeline (without leader election) or for
+// the shards this replica holds, until ctx is done.
+func (d *Daemon) run(ctx context.Context) error {
+	follow := make(chan error, 1)
+	go func() { follow <- d.follow(ctx) }()
+	if !d.opts.LeaderElection {
+		err := d.act(ctx, -1)
+		if err := <-follow; err != nil && ctx.Err() == nil {
+			return err
+		}
+		return err
 	}
-	return d.elect(ctx)
+	d.sharder.run(ctx)
+	if err := <-follow; ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// follow polls the repository (and watches a local one) until ctx ends: every replica does,
+// whatever it holds, so that a shard taken over is planned from the newest commit at once.
+func (d *Daemon) follow(ctx context.Context) error {
+	go d.clusters.watch(ctx) // rotated kubeconfig Secrets
+	if dir, ok := gitsource.LocalPath(d.opts.Source.URL); ok {
+		// A local repository: a commit reaches the planner at once, not on the next poll.
+		w, err := gitsource.NewWatcher(dir, d.source, d.log)
+		if err != nil {
+			d.log.Warn("no local watch; polling only", "err", err)
+		} else {
+			defer w.Close()
+			go func() { _ = w.Run(ctx) }()
+		}
+	}
+	err := d.source.Run(ctx, func(snap *gitsource.Snapshot) { d.onSnapshot(snap) })
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 func newDaemon(opts Options) (*Daemon, error) {
@@ -174,127 +269,138 @@ func newDaemon(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Shards <= 0 {
+		opts.Shards = 1
+	}
 	clusters := newClusters(opts.Config, opts.Home, events, kube, log)
 	clusters.qps, clusters.burst = opts.KubeQPS, opts.KubeBurst
 	d := &Daemon{
 		opts: opts, log: log, source: source, reg: reg, kube: kube, clusters: clusters,
 		renderer: planner.NewRenderer(plannerOptions(opts.Config)),
-		status:   newStatusWriter(reconciler.NewStore(records, opts.Namespace), events, log),
+		metrics:  reconciler.NewMetrics(reg), records: records, events: events,
+		acting: map[int]*shard{},
 	}
-	d.rec = reconciler.New(reconciler.Options{
-		Namespace: opts.Namespace, Records: records, Events: events, Clusters: clusters.get,
-		Render: d.renderAt, Logger: log, Metrics: reconciler.NewMetrics(reg), RetryBackoff: opts.RetryBackoff,
-		MaxConcurrent: opts.MaxConcurrent,
-		Observer:      d.status,
-	})
+	if opts.LeaderElection {
+		id := opts.Identity
+		if id == "" {
+			id, _ = os.Hostname()
+		}
+		// A client of its own: renewals never wait behind the records' rate limit.
+		leases, err := kubernetes.NewForConfig(opts.Home)
+		if err != nil {
+			return nil, err
+		}
+		d.sharder = newSharder(opts.Shards, id, opts.Namespace, leases, reg, log, func(ctx context.Context, i int) {
+			if err := d.act(ctx, i); err != nil && ctx.Err() == nil {
+				d.log.Error("stopped acting for a shard", "shard", i, "err", err)
+			}
+		}, source.Trigger)
+	}
 	return d, nil
 }
 
-// lead does the leader's work: resume open executions, then follow the repository, keeping
-// the Pipeline objects up to date.
-func (d *Daemon) lead(ctx context.Context) error {
-	d.leading.Store(true)
-	defer d.leading.Store(false)
-	// The records as they are before Resume writes any: the status writer hears of every
-	// write after that.
-	d.status.reset()
-	if err := d.status.read(ctx); err != nil {
-		d.log.Warn("read records for the pipeline status; trying again later", "err", err)
+// act acts for shard index (-1: every pipeline) until ctx ends: it resumes the shard's open
+// executions, plans its pipelines at the newest commit, and then hands them each new commit,
+// keeping their Pipeline objects up to date, notifying and writing back.
+func (d *Daemon) act(ctx context.Context, index int) error {
+	began := time.Now()
+	sh := &shard{index: index, ctx: ctx, targets: map[string]*reconciler.Target{}}
+	log := d.log
+	if index >= 0 && d.opts.Shards > 1 {
+		shards := d.opts.Shards
+		sh.owns = func(pipeline string) bool { return ShardOf(pipeline, shards) == index }
+		log = log.With("shard", index)
 	}
-	go d.status.run(ctx)
+	sh.status = newStatusWriter(reconciler.NewStore(d.records, d.opts.Namespace), d.events, sh.owns, log)
+	sh.rec = reconciler.New(reconciler.Options{
+		Namespace: d.opts.Namespace, Records: d.records, Events: d.events, Clusters: d.clusters.get,
+		Render: d.renderAt, Logger: log, Metrics: d.metrics, RetryBackoff: d.opts.RetryBackoff,
+		MaxConcurrent: d.opts.MaxConcurrent, Owns: sh.owns,
+		Observer: sh.status,
+	})
+	// The status writer reads the records beside Resume: it keeps what Resume writes
+	// meanwhile over what it reads (statusWriter.markFresh).
+	go sh.status.run(ctx)
+	sh.status.poke()
 	// Notifications and write-back follow the execution records (closeloop.go).
-	go d.closeLoop(ctx)
-	go d.clusters.watch(ctx) // rotated kubeconfig Secrets
-	if err := d.rec.Resume(ctx); err != nil {
+	go d.closeLoop(ctx, sh.owns)
+	if err := sh.rec.Resume(ctx); err != nil {
 		return fmt.Errorf("resume executions: %w", err)
 	}
-	go d.resync(ctx)
-	go d.watchReconcileRequests(ctx) // reconcile.go
-	if dir, ok := gitsource.LocalPath(d.opts.Source.URL); ok {
-		// A local repository: a commit reaches the planner at once, not on the next poll.
-		w, err := gitsource.NewWatcher(dir, d.source, d.log)
-		if err != nil {
-			d.log.Warn("no local watch; polling only", "err", err)
-		} else {
-			defer w.Close()
-			go func() { _ = w.Run(ctx) }()
-		}
+	resumed := time.Since(began)
+	d.mu.Lock()
+	d.acting[index] = sh
+	snap, gen := d.snap, d.gen
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.acting, index)
+		d.mu.Unlock()
+	}()
+	if snap != nil {
+		d.planMu.Lock()
+		d.planFor(snap, gen, []*shard{sh})
+		d.planMu.Unlock()
+		log.Info("acting for the pipelines", "commit", snap.ShortCommit(), "pipelines", len(sh.all()),
+			"took", time.Since(began).Round(time.Millisecond).String(), "resume", resumed.Round(time.Millisecond).String())
 	}
-	err := d.source.Run(ctx, func(snap *gitsource.Snapshot) { d.onSnapshot(ctx, snap) })
-	d.rec.Wait()
-	if ctx.Err() != nil {
+	go d.resync(ctx, sh)
+	go d.watchReconcileRequests(ctx, sh) // reconcile.go
+	<-ctx.Done()
+	sh.rec.Wait()
+	return nil
+}
+
+// onSnapshot plans the pipelines of the shards acted for at a new commit, and hands each
+// pipeline's target to its shard as soon as it renders: a pipeline slow to render delays no
+// other's release.
+func (d *Daemon) onSnapshot(snap *gitsource.Snapshot) {
+	d.polled.Store(true)
+	d.planMu.Lock()
+	defer d.planMu.Unlock()
+	d.mu.Lock()
+	d.snap = snap
+	d.gen++
+	gen := d.gen
+	acting := make([]*shard, 0, len(d.acting))
+	for _, sh := range d.acting {
+		acting = append(acting, sh)
+	}
+	d.mu.Unlock()
+	if len(acting) > 0 {
+		d.planFor(snap, gen, acting)
+	}
+}
+
+// planFor plans snap for shards, and hands each their pipelines' targets. Called with
+// d.planMu held.
+func (d *Daemon) planFor(snap *gitsource.Snapshot, gen int64, shards []*shard) {
+	shardOf := func(name string) *shard {
+		for _, sh := range shards {
+			if sh.ownsPipeline(name) {
+				return sh
+			}
+		}
 		return nil
 	}
-	return err
-}
-
-// elect runs lead while this replica holds the Lease.
-func (d *Daemon) elect(ctx context.Context) error {
-	id := d.opts.Identity
-	if id == "" {
-		id, _ = os.Hostname()
-	}
-	cs, err := kubernetes.NewForConfig(d.opts.Home)
-	if err != nil {
-		return err
-	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Name: "ebb-leader", Namespace: d.opts.Namespace},
-		Client:     cs.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
-	}
-	var leadErr error
-	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-		Lock:            lock,
-		ReleaseOnCancel: true,
-		LeaseDuration:   15 * time.Second,
-		RenewDeadline:   10 * time.Second,
-		RetryPeriod:     2 * time.Second,
-		Name:            "ebb",
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				d.log.Info("leading", "identity", id)
-				leadErr = d.lead(ctx)
-			},
-			OnStoppedLeading: func() { d.log.Info("stopped leading", "identity", id) },
-			OnNewLeader: func(leader string) {
-				if leader != id {
-					d.log.Info("following", "leader", leader)
-				}
-			},
-		},
-	})
-	return leadErr
-}
-
-// onSnapshot plans every pipeline of a new commit and hands each pipeline's target to the
-// reconciler as soon as it renders: a pipeline slow to render delays no other's release.
-func (d *Daemon) onSnapshot(ctx context.Context, snap *gitsource.Snapshot) {
-	d.polled.Store(true)
-	gen := d.snapshots.Add(1)
-	ready := make(chan *reconciler.Target)
-	var (
-		targets []*reconciler.Target
-		view    *gitView
-	)
-	go func() {
-		defer close(ready)
-		targets, view = d.plan(snap, func(t *reconciler.Target) { ready <- t })
-	}()
-	for t := range ready {
+	targets, view := d.plan(snap, func(name string) bool { return shardOf(name) != nil }, func(t *reconciler.Target) {
 		t.Generation = gen
-		d.rec.Sync(ctx, []*reconciler.Target{t})
+		shardOf(t.Name()).offer(t)
+	})
+	names := map[string]bool{}
+	for _, t := range targets {
+		names[t.Name()] = true
 	}
-	d.mu.Lock()
-	d.targets = targets
-	d.mu.Unlock()
-	if view != nil {
-		d.status.setView(view)
+	for _, sh := range shards {
+		if view != nil {
+			sh.keepOnly(names)
+			sh.status.setView(view)
+		}
 	}
 }
 
-// resync hands the last targets to the reconciler again every Resync, to restore drift.
-func (d *Daemon) resync(ctx context.Context) {
+// resync hands the shard's targets to its reconciler again every Resync, to restore drift.
+func (d *Daemon) resync(ctx context.Context, sh *shard) {
 	t := time.NewTicker(d.opts.Resync)
 	defer t.Stop()
 	for {
@@ -302,22 +408,19 @@ func (d *Daemon) resync(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.mu.Lock()
-			targets := d.targets
-			d.mu.Unlock()
-			d.rec.Sync(ctx, targets)
-			d.status.touchAll()
+			sh.rec.Sync(ctx, sh.all())
+			sh.status.touchAll()
 		}
 	}
 }
 
-// plan loads and renders the enabled pipelines of snap, using both cores, and calls ready
+// plan loads the pipelines of snap and renders the enabled ones that owns accepts, using both cores, and calls ready
 // with each pipeline's target as soon as all its stages rendered (from several goroutines,
 // one call at a time). A pipeline with an error is logged with its location and skipped; the
 // others go on. plan returns every target, in file order, and the view of what snap holds of
 // every pipeline, errors included, for the Pipeline objects; nil when the repository could
 // not be read.
-func (d *Daemon) plan(snap *gitsource.Snapshot, ready func(*reconciler.Target)) ([]*reconciler.Target, *gitView) {
+func (d *Daemon) plan(snap *gitsource.Snapshot, owns func(string) bool, ready func(*reconciler.Target)) ([]*reconciler.Target, *gitView) {
 	log := d.log.With("commit", snap.ShortCommit())
 	repo := planner.NewRepo(snap.FS)
 	pipelines, loadErr := planner.Load(repo, plannerOptions(d.opts.Config))
@@ -326,6 +429,9 @@ func (d *Daemon) plan(snap *gitsource.Snapshot, ready func(*reconciler.Target)) 
 	}
 	var enabled []*planner.Pipeline
 	for _, p := range pipelines {
+		if !owns(p.Metadata.Name) {
+			continue // another replica's
+		}
 		if p.Spec.Enabled {
 			enabled = append(enabled, p)
 		} else {
@@ -419,8 +525,9 @@ func (d *Daemon) server(ctx context.Context) (*http.Server, net.Listener, error)
 	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		// A follower is ready: it serves and waits. A leader is ready once it read Git.
-		if d.leading.Load() && !d.polled.Load() {
+		// A replica that acts for no shard is ready: it serves and waits. One that acts is
+		// ready once it read Git.
+		if d.actingAny() && !d.polled.Load() {
 			http.Error(w, "waiting for the first snapshot", http.StatusServiceUnavailable)
 			return
 		}
@@ -432,7 +539,11 @@ func (d *Daemon) server(ctx context.Context) (*http.Server, net.Listener, error)
 	if len(d.opts.WebhookSecret) > 0 {
 		wopts := gitsource.DefaultWebhookOptions()
 		wopts.Secret, wopts.Logger, wopts.Registerer = d.opts.WebhookSecret, d.log, d.reg
-		hook, err := gitsource.NewWebhook(d.source, wopts)
+		var target gitsource.Triggerer = d.source
+		if d.sharder != nil {
+			target = d.sharder // polls here, and tells the other replicas to
+		}
+		hook, err := gitsource.NewWebhook(target, wopts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -460,6 +571,13 @@ func (d *Daemon) server(ctx context.Context) (*http.Server, net.Listener, error)
 	}
 	d.log.Info("serving metrics, health and webhook", "address", l.Addr().String())
 	return newHTTPServer(mux, defaultServerTimeouts), l, nil
+}
+
+// actingAny reports whether this replica acts for any shard.
+func (d *Daemon) actingAny() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.acting) > 0
 }
 
 func plannerOptions(c *config.Config) planner.Options {

@@ -32,7 +32,7 @@ const reconcilePollWait = 30 * time.Second
 
 // watchReconcileRequests handles reconcile requests on the Pipeline objects of the daemon's
 // namespace until ctx ends, one at a time, in the order they are seen.
-func (d *Daemon) watchReconcileRequests(ctx context.Context) {
+func (d *Daemon) watchReconcileRequests(ctx context.Context, sh *shard) {
 	client, err := dynamic.NewForConfig(d.opts.Home)
 	if err != nil {
 		d.log.Error("no reconcile requests: client", "err", err)
@@ -40,7 +40,14 @@ func (d *Daemon) watchReconcileRequests(ctx context.Context) {
 	}
 	requests := make(chan *unstructured.Unstructured, 64)
 	offer := func(obj any) {
-		if u, ok := obj.(*unstructured.Unstructured); ok && pendingRequest(u) != "" {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			return
+		}
+		if pipeline, _, _ := unstructured.NestedString(u.Object, "spec", "pipeline"); !sh.ownsPipeline(pipeline) {
+			return // another replica's
+		}
+		if pendingRequest(u) != "" {
 			select {
 			case requests <- u:
 			default:
@@ -67,7 +74,7 @@ func (d *Daemon) watchReconcileRequests(ctx context.Context) {
 		case u := <-requests:
 			// Other writes to the object before the handled mark is seen offer it again.
 			if req := pendingRequest(u); handled[u.GetName()] != req {
-				d.handleReconcileRequest(ctx, client, u)
+				d.handleReconcileRequest(ctx, client, sh, u)
 				handled[u.GetName()] = req
 			}
 		}
@@ -85,7 +92,7 @@ func pendingRequest(u *unstructured.Unstructured) string {
 
 // handleReconcileRequest polls Git now, waits for that poll (up to reconcilePollWait), offers
 // the pipeline's current target to the reconciler, and records the request as handled.
-func (d *Daemon) handleReconcileRequest(ctx context.Context, client dynamic.Interface, u *unstructured.Unstructured) {
+func (d *Daemon) handleReconcileRequest(ctx context.Context, client dynamic.Interface, sh *shard, u *unstructured.Unstructured) {
 	req := pendingRequest(u)
 	pipeline, _, _ := unstructured.NestedString(u.Object, "spec", "pipeline")
 	log := d.log.With("pipeline", pipeline, "requestedAt", req)
@@ -101,16 +108,8 @@ func (d *Daemon) handleReconcileRequest(ctx context.Context, client dynamic.Inte
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	d.mu.Lock()
-	var target *reconciler.Target
-	for _, t := range d.targets {
-		if t.Name() == pipeline {
-			target = t
-		}
-	}
-	d.mu.Unlock()
-	if target != nil {
-		d.rec.Sync(ctx, []*reconciler.Target{target})
+	if target := sh.target(pipeline); target != nil {
+		sh.rec.Sync(ctx, []*reconciler.Target{target})
 	} else {
 		log.Info("reconcile requested for a pipeline with no target (not enabled, or in error)")
 	}

@@ -33,6 +33,8 @@ type statusWriter struct {
 	events kubernetes.Interface
 	log    *slog.Logger
 	wake   chan struct{}
+	// owns says which pipelines' objects this writer keeps (its shard's); nil: all.
+	owns func(pipeline string) bool
 
 	refreshMu sync.Mutex // one refresh at a time
 
@@ -58,8 +60,8 @@ type plannedAt struct {
 	commit *reconciler.CommitRef
 }
 
-func newStatusWriter(store *reconciler.Store, events kubernetes.Interface, log *slog.Logger) *statusWriter {
-	s := &statusWriter{store: store, events: events, log: log.With("component", "status"), wake: make(chan struct{}, 1)}
+func newStatusWriter(store *reconciler.Store, events kubernetes.Interface, owns func(string) bool, log *slog.Logger) *statusWriter {
+	s := &statusWriter{store: store, events: events, owns: owns, log: log.With("component", "status"), wake: make(chan struct{}, 1)}
 	s.reset()
 	return s
 }
@@ -239,11 +241,15 @@ func (s *statusWriter) dirtyKeys() []string {
 	keys := s.dirty
 	if s.all {
 		keys = map[string]bool{}
-		for k := range s.view.pipelines {
-			keys[k] = true
+		for k, gp := range s.view.pipelines {
+			if s.keeps(gp.name) {
+				keys[k] = true
+			}
 		}
-		for k := range s.objects {
-			keys[k] = true
+		for k, o := range s.objects {
+			if s.keeps(o.Spec.Pipeline) {
+				keys[k] = true
+			}
 		}
 	}
 	s.dirty, s.all = map[string]bool{}, false
@@ -254,6 +260,9 @@ func (s *statusWriter) dirtyKeys() []string {
 	sort.Strings(out)
 	return out
 }
+
+// keeps reports whether pipeline's object is this writer's to keep.
+func (s *statusWriter) keeps(pipeline string) bool { return s.owns == nil || s.owns(pipeline) }
 
 // read reads what is not known yet: the executions and ledgers once per leadership, the
 // Pipeline objects then and after a write found them changed.
@@ -276,7 +285,7 @@ func (s *statusWriter) read(ctx context.Context) error {
 		s.mu.Lock()
 		for i := range execs {
 			x := &execs[i]
-			if x.Spec.Kind != reconciler.KindDeploy || s.fresh["x/"+x.Spec.Pipeline] {
+			if x.Spec.Kind != reconciler.KindDeploy || s.fresh["x/"+x.Spec.Pipeline] || !s.keeps(x.Spec.Pipeline) {
 				continue
 			}
 			if old := s.newest[x.Spec.Pipeline]; old == nil || x.Spec.Number > old.Spec.Number {
@@ -284,7 +293,7 @@ func (s *statusWriter) read(ctx context.Context) error {
 			}
 		}
 		for i := range ledgers {
-			if !s.fresh["l/"+ledgers[i].Spec.Pipeline+"/"+ledgers[i].Spec.Stage] {
+			if !s.fresh["l/"+ledgers[i].Spec.Pipeline+"/"+ledgers[i].Spec.Stage] && s.keeps(ledgers[i].Spec.Pipeline) {
 				s.putLedger(&ledgers[i])
 			}
 		}

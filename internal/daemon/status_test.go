@@ -71,13 +71,25 @@ func newEnv(t *testing.T, files map[string]string) (*env, string) {
 	require.NoError(t, err)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- d.lead(runCtx) }()
+	go func() { done <- d.run(runCtx) }()
 	t.Cleanup(func() {
 		cancel()
 		assert.NoError(t, <-done)
 		_ = d.source.Close()
 	})
 	return &env{t: t, d: d, repo: repo, ns: ns.Name, store: reconciler.NewStore(dyn, ns.Name), cs: cs}, sha
+}
+
+// shard returns the daemon's only shard, once it acts for it.
+func (e *env) shard() *shard {
+	var sh *shard
+	require.Eventually(e.t, func() bool {
+		e.d.mu.Lock()
+		defer e.d.mu.Unlock()
+		sh = e.d.acting[-1]
+		return sh != nil
+	}, 30*time.Second, 10*time.Millisecond, "the daemon does not act")
+	return sh
 }
 
 type testWriter struct{ t testing.TB }
@@ -210,10 +222,11 @@ func (e *env) requests(match func(labels map[string]string) bool) float64 {
 // waitPlanned waits until the daemon planned commit.
 func (e *env) waitPlanned(commit string) {
 	e.t.Helper()
+	status := e.shard().status
 	require.Eventually(e.t, func() bool {
-		e.d.status.mu.Lock()
-		defer e.d.status.mu.Unlock()
-		return e.d.status.view != nil && e.d.status.view.commit == commit
+		status.mu.Lock()
+		defer status.mu.Unlock()
+		return status.view != nil && status.view.commit == commit
 	}, 30*time.Second, 20*time.Millisecond, "the daemon did not plan commit %s", commit)
 }
 
@@ -304,23 +317,23 @@ func TestPipelineStatus(t *testing.T) {
 	})
 
 	t.Run("nothing changed, nothing written", func(t *testing.T) {
-		require.Eventually(t, e.d.rec.Idle, 30*time.Second, 50*time.Millisecond)
-		require.NoError(t, e.d.status.refresh(context.Background()))
+		require.Eventually(t, e.shard().rec.Idle, 30*time.Second, 50*time.Millisecond)
+		require.NoError(t, e.shard().status.refresh(context.Background()))
 		before := e.writes()
-		e.d.status.touchAll()
-		require.NoError(t, e.d.status.refresh(context.Background()))
+		e.shard().status.touchAll()
+		require.NoError(t, e.shard().status.refresh(context.Background()))
 		assert.Equal(t, before, e.writes(), "a second computation with nothing changed writes nothing")
 		assert.Positive(t, before, "the counter counts the daemon's writes")
 	})
 
 	t.Run("a commit that changes no pipeline writes no Pipeline", func(t *testing.T) {
-		require.Eventually(t, e.d.rec.Idle, 30*time.Second, 50*time.Millisecond)
-		require.NoError(t, e.d.status.refresh(context.Background()))
+		require.Eventually(t, e.shard().rec.Idle, 30*time.Second, 50*time.Millisecond)
+		require.NoError(t, e.shard().status.refresh(context.Background()))
 		before := e.pipelineWrites()
 		readme := e.commit("a README", map[string]string{"README.md": "nothing to deploy\n"})
 		e.waitPlanned(readme)
-		require.Eventually(t, e.d.rec.Idle, 30*time.Second, 50*time.Millisecond)
-		require.NoError(t, e.d.status.refresh(context.Background()))
+		require.Eventually(t, e.shard().rec.Idle, 30*time.Second, 50*time.Millisecond)
+		require.NoError(t, e.shard().status.refresh(context.Background()))
 		assert.Equal(t, before, e.pipelineWrites(), "Pipeline objects written for a commit that changes none")
 		p := e.pipeline("web", ready(metav1.ConditionTrue, "Succeeded"))
 		assert.Equal(t, first, p.Status.LastPlannedCommit.SHA, "the commit that planned web as it is")
@@ -363,9 +376,9 @@ func TestPipelineStatus(t *testing.T) {
 		// A later commit and a resync change nothing: one Event, the same commit.
 		readme := e.commit("unrelated", map[string]string{"README.md": "hello\n"})
 		e.waitPlanned(readme)
-		require.Eventually(t, e.d.rec.Idle, 30*time.Second, 50*time.Millisecond)
-		e.d.status.touchAll()
-		require.NoError(t, e.d.status.refresh(context.Background()))
+		require.Eventually(t, e.shard().rec.Idle, 30*time.Second, 50*time.Millisecond)
+		e.shard().status.touchAll()
+		require.NoError(t, e.shard().status.refresh(context.Background()))
 		p = e.pipeline("web", ready(metav1.ConditionFalse, "RemovedFromGit"))
 		assert.Equal(t, removed, p.Status.RemovedFromGit.SHA)
 		assert.Equal(t, 1, eventsWith(e.events("web"), corev1.EventTypeWarning, "RemovedFromGit"), "the Event is recorded once")

@@ -39,19 +39,23 @@ func BenchmarkPushToUpdate(b *testing.B) {
 		e := newEnv(b, "pushhook", envOptions{server: &gitserver.Options{Username: "ebb", Password: "pw"}})
 		e.daemonEnv = append(e.daemonEnv, "EBB_WEBHOOK_SECRET="+secret)
 		d := e.startDaemon("--interval", "1h")
-		hook := fmt.Sprintf("http://127.0.0.1:%d/webhook", d.port)
-		benchPushes(b, e, func() {
-			body := []byte(`{"ref":"refs/heads/main"}`)
-			req, _ := http.NewRequest(http.MethodPost, hook, bytes.NewReader(body))
-			req.Header.Set("X-GitHub-Event", "push")
-			req.Header.Set("X-Hub-Signature-256", gitsource.SignSHA256([]byte(secret), body))
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
-			require.NoError(b, err)
-			resp.Body.Close()
-			require.Less(b, resp.StatusCode, 300, "webhook refused: %s", resp.Status)
-		})
+		benchPushes(b, e, func() { sendPush(b, d.port, secret) })
 	})
+}
+
+// sendPush sends the daemon on port a GitHub push webhook signed with secret.
+func sendPush(t testing.TB, port int, secret string) {
+	t.Helper()
+	body := []byte(`{"ref":"refs/heads/main"}`)
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/webhook", port), bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("X-GitHub-Event", "push")
+	req.Header.Set("X-Hub-Signature-256", gitsource.SignSHA256([]byte(secret), body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Less(t, resp.StatusCode, 300, "webhook refused: %s", resp.Status)
 }
 
 // benchPushes releases b.N new tags after a first one and reports the push-to-update latency.

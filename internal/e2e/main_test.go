@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +31,10 @@ var (
 	ebbBin, demoBin string
 	moduleRoot      string
 )
+
+// scaleNodes is the kwok nodes of each cluster: room for the benchmarks' thousands of pods
+// (each node takes 1000).
+const scaleNodes = 4
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
@@ -59,17 +62,12 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "build the demo: %v\n%s", err, b)
 		return 1
 	}
-	// A node takes up to 1000 pods: the scale benchmarks run a pod per pipeline and stage.
-	nodes := 1
-	if n, err := strconv.Atoi(os.Getenv("EBB_BENCH_PIPELINES")); err == nil && n > 900 {
-		nodes = n/900 + 1
-	}
-	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev", Nodes: nodes}); err != nil {
+	if dev, err = testcluster.Start(ctx, testcluster.Options{Name: "dev", Nodes: scaleNodes}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer dev.Stop()
-	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod", Nodes: nodes}); err != nil {
+	if prod, err = testcluster.Start(ctx, testcluster.Options{Name: "prod", Nodes: scaleNodes}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

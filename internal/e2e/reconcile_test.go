@@ -214,18 +214,18 @@ func TestSIGTERMParksExecution(t *testing.T) {
 func TestTwoReplicasOnlyOneActs(t *testing.T) {
 	e := newEnv(t, "replicas", envOptions{})
 	a := e.startDaemon("--leader-elect=true", "--identity", "replica-a")
-	a.WaitLog(30*time.Second, "msg", "leading", "identity", "replica-a")
+	a.WaitLog(30*time.Second, "msg", "acting for the shard", "identity", "replica-a")
 	b := e.startDaemon("--leader-elect=true", "--identity", "replica-b")
-	b.WaitLog(30*time.Second, "msg", "following", "leader", "replica-a")
+	b.WaitLog(30*time.Second, "msg", "following", "holders", "replica-a")
 
 	sha := e.release("1.0", "release 1.0")
 	e.waitExecution(sha, reconciler.Completed)
 	assert.Len(t, e.executions(), 1)
 	assert.Zero(t, b.CountLogs("msg", "task started"), "the follower acted")
-	assert.Zero(t, b.CountLogs("msg", "leading"))
+	assert.Zero(t, b.CountLogs("msg", "acting for the shard"))
 
 	a.Kill()
-	b.WaitLog(60*time.Second, "msg", "leading", "identity", "replica-b")
+	b.WaitLog(60*time.Second, "msg", "acting for the shard", "identity", "replica-b")
 	next := e.release("1.1", "release 1.1")
 	e.waitExecution(next, reconciler.Completed)
 	assert.Len(t, e.executions(), 2)

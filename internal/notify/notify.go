@@ -66,6 +66,9 @@ type Options struct {
 	// OnExecution, when set, hears of every execution the watch sees added or changed (the
 	// write-back follows rollbacks this way). It must not block.
 	OnExecution func(*reconciler.Execution)
+	// Owns, when set, says which pipelines' executions to follow (the daemon's shards);
+	// default every pipeline's.
+	Owns func(pipeline string) bool
 	// HTTPClient posts the messages; default a client with a 10s timeout.
 	HTTPClient *http.Client
 	// MinBackoff is the first wait before a failed delivery is tried again; default 1s.
@@ -136,6 +139,9 @@ func (n *Notifier) Run(ctx context.Context) error {
 		u, ok := obj.(*unstructured.Unstructured)
 		if !ok {
 			return
+		}
+		if pipeline, _, _ := unstructured.NestedString(u.Object, "spec", "pipeline"); n.opts.Owns != nil && !n.opts.Owns(pipeline) {
+			return // another replica's
 		}
 		for _, r := range n.receivers {
 			r.queue.Add(u.GetName())
