@@ -57,6 +57,22 @@ func (d *Daemon) watchReconcileRequests(ctx context.Context, sh *shard) {
 	}
 	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(client, 0, d.opts.Namespace, nil)
 	informer := factory.ForResource(reconciler.PipelineResource).Informer()
+	// The watch holds every Pipeline object: only what a request needs of each.
+	_ = informer.SetTransform(func(obj any) (any, error) {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			return obj, nil
+		}
+		pipeline, _, _ := unstructured.NestedString(u.Object, "spec", "pipeline")
+		kept := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{"pipeline": pipeline}}}
+		kept.SetAPIVersion(u.GetAPIVersion())
+		kept.SetKind(u.GetKind())
+		kept.SetName(u.GetName())
+		kept.SetNamespace(u.GetNamespace())
+		kept.SetResourceVersion(u.GetResourceVersion())
+		kept.SetAnnotations(u.GetAnnotations())
+		return kept, nil
+	})
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    offer,
 		UpdateFunc: func(_, obj any) { offer(obj) },

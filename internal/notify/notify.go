@@ -115,6 +115,14 @@ func New(opts Options) (*Notifier, error) {
 	}
 	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(opts.Records, 0, opts.Namespace, nil)
 	n.informer = factory.ForResource(reconciler.ExecutionResource).Informer()
+	// The watch holds every execution: without their managed fields, which nothing here
+	// reads, and which are as large as the rest of a record.
+	_ = n.informer.SetTransform(func(obj any) (any, error) {
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			u.SetManagedFields(nil)
+		}
+		return obj, nil
+	})
 	for _, c := range opts.Receivers {
 		n.receivers = append(n.receivers, newReceiver(n, c))
 	}
