@@ -53,20 +53,7 @@ func scalePipelines(b *testing.B) int {
 func BenchmarkScale(b *testing.B) {
 	n := scalePipelines(b)
 	e := newEnv(b, "scale", envOptions{})
-	files := map[string]string{}
-	// The benchmark function runs more than once (b.N 1, then the asked for): each run has
-	// its own pipelines, as the namespaces of the last run are still being deleted.
-	scaleRuns++
-	name := func(i int) string { return fmt.Sprintf("s%d-%04d", scaleRuns, i) }
-	for i := range n {
-		for path, content := range e.pipelineFiles(name(i), "1.0", 1) {
-			files[path] = content
-		}
-		b.Cleanup(func() {
-			_ = e.devCS.CoreV1().Namespaces().Delete(context.Background(), name(i)+"-dev", metav1.DeleteOptions{})
-			_ = e.prodCS.CoreV1().Namespaces().Delete(context.Background(), name(i)+"-prod", metav1.DeleteOptions{})
-		})
-	}
+	name, files := scaleApps(b, e, "s", n)
 	_, err := e.repo.CommitFiles(fmt.Sprintf("%d pipelines", n), files)
 	require.NoError(b, err)
 
@@ -186,6 +173,32 @@ func requests(b *testing.B, port int) requestCounts {
 		out[label(k, "verb")+" "+label(k, "resource")] += v
 	}
 	return out
+}
+
+// scaleApps returns n pipelines of one app each for a benchmark: their names (prefix, a number
+// of this run of the benchmark function, and i) and their files at image tag 1.0. The
+// benchmark function runs more than once (b.N 1, then the asked for): each run has its own
+// pipelines, as the namespaces of the last run are still being deleted when it ends.
+func scaleApps(b *testing.B, e *env, prefix string, n int) (name func(i int) string, files map[string]string) {
+	scaleRuns++
+	run := scaleRuns
+	name = func(i int) string { return fmt.Sprintf("%s%d-%04d", prefix, run, i) }
+	files = map[string]string{}
+	for i := range n {
+		for path, content := range e.pipelineFiles(name(i), "1.0", 1) {
+			files[path] = content
+		}
+		deleteStageNamespaces(b, e, name(i))
+	}
+	return name, files
+}
+
+// deleteStageNamespaces deletes pipeline's dev and prod namespaces when b ends.
+func deleteStageNamespaces(b *testing.B, e *env, pipeline string) {
+	b.Cleanup(func() {
+		_ = e.devCS.CoreV1().Namespaces().Delete(context.Background(), pipeline+"-dev", metav1.DeleteOptions{})
+		_ = e.prodCS.CoreV1().Namespaces().Delete(context.Background(), pipeline+"-prod", metav1.DeleteOptions{})
+	})
 }
 
 // awaitExecutions waits until n executions that match ended, and returns how many of them
@@ -338,20 +351,9 @@ func sumPrefix(m map[string]float64, name string) float64 {
 func BenchmarkScaleRollback(b *testing.B) {
 	n := scalePipelines(b)
 	e := newEnv(b, "scalerb", envOptions{})
-	scaleRuns++
-	name := func(i int) string { return fmt.Sprintf("r%d-%04d", scaleRuns, i) }
+	_, files := scaleApps(b, e, "r", n)
 	crash := fmt.Sprintf("r%d-crash", scaleRuns)
-	for _, p := range append([]string{crash}, func() (all []string) {
-		for i := range n {
-			all = append(all, name(i))
-		}
-		return all
-	}()...) {
-		b.Cleanup(func() {
-			_ = e.devCS.CoreV1().Namespaces().Delete(context.Background(), p+"-dev", metav1.DeleteOptions{})
-			_ = e.prodCS.CoreV1().Namespaces().Delete(context.Background(), p+"-prod", metav1.DeleteOptions{})
-		})
-	}
+	deleteStageNamespaces(b, e, crash)
 	good, err := e.repo.CommitFiles("release "+crash+" 1.0", e.pipelineFiles(crash, "1.0", 1))
 	require.NoError(b, err)
 	e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
@@ -359,12 +361,6 @@ func BenchmarkScaleRollback(b *testing.B) {
 	// The same while nothing else runs, to compare.
 	idle, _ := crashRelease(b, e, crash, "1.1-broken")
 
-	files := map[string]string{}
-	for i := range n {
-		for path, content := range e.pipelineFiles(name(i), "1.0", 1) {
-			files[path] = content
-		}
-	}
 	start := time.Now()
 	synced, err := e.repo.CommitFiles(fmt.Sprintf("%d pipelines", n), files)
 	require.NoError(b, err)

@@ -35,18 +35,7 @@ func BenchmarkShardHandover(b *testing.B) {
 	}
 	const shards = 3
 	e := newEnv(b, "shardbench", envOptions{})
-	scaleRuns++
-	name := func(i int) string { return fmt.Sprintf("h%d-%04d", scaleRuns, i) }
-	files := map[string]string{}
-	for i := range n {
-		for path, content := range e.pipelineFiles(name(i), "1.0", 1) {
-			files[path] = content
-		}
-		b.Cleanup(func() {
-			_ = e.devCS.CoreV1().Namespaces().Delete(context.Background(), name(i)+"-dev", metav1.DeleteOptions{})
-			_ = e.prodCS.CoreV1().Namespaces().Delete(context.Background(), name(i)+"-prod", metav1.DeleteOptions{})
-		})
-	}
+	name, files := scaleApps(b, e, "h", n)
 	_, err := e.repo.CommitFiles(fmt.Sprintf("%d pipelines", n), files)
 	require.NoError(b, err)
 
@@ -56,23 +45,7 @@ func BenchmarkShardHandover(b *testing.B) {
 		replicas[id] = e.startDaemon("--leader-elect=true", "--shards", strconv.Itoa(shards), "--identity", id,
 			"--interval", "1h", "--resync", "1h", "--log-level", "info")
 	}
-	var completed, failed int
-	require.Eventually(b, func() bool {
-		completed, failed = 0, 0
-		list, err := e.store.ListExecutions(context.Background(), "")
-		if err != nil {
-			return false
-		}
-		for _, x := range list {
-			switch {
-			case x.Status.Phase == reconciler.Completed:
-				completed++
-			case x.Status.Phase.Terminal():
-				failed++
-			}
-		}
-		return completed+failed >= n
-	}, 60*time.Minute, time.Second, "the initial sync did not end")
+	completed, failed := awaitExecutions(b, e, 60*time.Minute, func(*reconciler.Execution) bool { return true }, n)
 	initial := time.Since(start)
 	holders := shardHolders(b, e, shards)
 	b.Logf("initial sync of %d pipelines over 3 replicas: %s, %d COMPLETED, %d not; shard holders %v",
