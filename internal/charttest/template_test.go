@@ -2,6 +2,7 @@ package charttest
 
 import (
 	"bytes"
+	"debug/elf"
 	"errors"
 	"io"
 	"os"
@@ -304,4 +305,17 @@ func TestVersionFromOnePlace(t *testing.T) {
 	out, err = exec.Command(bin, "version", "--client").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Regexp(t, `^Client Version: `+regexp.QuoteMeta(want)+` \(`, string(out))
+
+	// The Makefile's tags leave out kustomize's Go plugin loader: a binary that links package
+	// plugin keeps every method and exports every symbol (TAGS in the Makefile).
+	f, err := elf.Open(bin)
+	require.NoError(t, err)
+	defer f.Close()
+	syms, err := f.Symbols()
+	require.NoError(t, err)
+	for _, s := range syms {
+		assert.NotEqual(t, "plugin.Open", s.Name, "the binary links package plugin")
+	}
+	dyn, _ := f.DynamicSymbols()
+	assert.Less(t, len(dyn), 1000, "the binary exports its symbols, as one that links package plugin does")
 }
