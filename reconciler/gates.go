@@ -187,7 +187,7 @@ func (s *stageRun) timed(ctx context.Context, g gate, sub subject) error {
 	default:
 		result = "error"
 	}
-	s.r.metrics.gateDuration.WithLabelValues(s.pipeline, s.stage().Name, g.name(), result).Observe(time.Since(start).Seconds())
+	s.r.metrics.gateDuration.WithLabelValues(s.stage().Name, g.name(), result).Observe(time.Since(start).Seconds())
 	return err
 }
 

@@ -69,7 +69,7 @@ func (r *Reconciler) updateLedger(ctx context.Context, pipeline, stage string, c
 		}
 		err = r.store.SaveLedger(ctx, l)
 		if err == nil {
-			r.cacheLedger(key, l)
+			r.cacheLedger(key, l) // l is this write's own copy: kept, and never changed again
 			return nil
 		}
 		r.forget(key)
@@ -97,9 +97,10 @@ func (r *Reconciler) primeLedgers(ctx context.Context) error {
 	return nil
 }
 
+// cacheLedger keeps l, which nobody changes from then on, as the stage's newest ledger.
 func (r *Reconciler) cacheLedger(key string, l *StageLedger) {
 	r.mu.Lock()
-	r.ledgerCache[key] = l.DeepCopy()
+	r.ledgerCache[key] = l
 	r.mu.Unlock()
 }
 

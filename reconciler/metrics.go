@@ -4,6 +4,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// gateDurationLabels are the labels of ebb_gate_duration_seconds. It has no pipeline label: a
+// histogram of 16 buckets per pipeline, stage, gate and result held 5.6 MB of the daemon's
+// 45 MB heap at 500 pipelines, and made as many series in Prometheus for every pipeline.
+// ebb_verify_duration_seconds keeps the pipeline, and each task's message says how long each
+// of its gates took.
+var gateDurationLabels = []string{"stage", "gate", "result"}
+
 // Metrics are the reconciler's Prometheus metrics.
 type Metrics struct {
 	executions     *prometheus.CounterVec
@@ -29,9 +36,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.1, 2, 14),
 		}, []string{"pipeline", "stage"}),
 		gateDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "ebb_gate_duration_seconds", Help: "Time each verification gate took, by pipeline, stage, gate (rollout, pods, objects, traffic, healthCheck, metrics, approval) and result (passed, failed, error).",
+			Name: "ebb_gate_duration_seconds", Help: "Time each verification gate took, by stage, gate (rollout, pods, objects, traffic, healthCheck, metrics, approval) and result (passed, failed, error), over every pipeline.",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
-		}, []string{"pipeline", "stage", "gate", "result"}),
+		}, gateDurationLabels),
 		timeToRollback: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "ebb_rollback_duration_seconds", Help: "Time from a failed verification to the known-good release verified again.",
 			Buckets: prometheus.ExponentialBuckets(0.1, 2, 14),

@@ -5,11 +5,15 @@ import (
 	"fmt"
 )
 
-// RecordObserver hears of every Execution and StageLedger the store writes, after the write,
-// with a copy it may keep: the daemon keeps the Pipeline objects up to date with it. Its
-// methods run on the writer's goroutine and must return quickly.
+// RecordObserver hears of every Execution and StageLedger the store writes, after the write:
+// the daemon keeps the Pipeline objects up to date with it. Its methods run on the writer's
+// goroutine and must return quickly.
 type RecordObserver interface {
+	// ExecutionWritten gets a copy of the execution, to keep.
 	ExecutionWritten(*Execution)
+	// LedgerWritten gets the ledger the reconciler keeps as the stage's newest: it may keep
+	// it, but must not change it (the reconciler replaces it on the next write, never
+	// changes it).
 	LedgerWritten(*StageLedger)
 }
 

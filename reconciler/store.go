@@ -272,7 +272,8 @@ func (s *Store) ListLedgers(ctx context.Context, pipeline string) ([]StageLedger
 }
 
 // SaveLedger writes l's status, creating l first when it is new, and refreshes its
-// resourceVersion and conditions.
+// resourceVersion and conditions. The store's observer gets l itself: the caller must not
+// change l after a successful save.
 func (s *Store) SaveLedger(ctx context.Context, l *StageLedger) error {
 	attempts := 1
 	if l.ResourceVersion == "" {
@@ -300,7 +301,7 @@ func (s *Store) SaveLedger(ctx context.Context, l *StageLedger) error {
 	}
 	l.ResourceVersion = saved.GetResourceVersion()
 	if s.observer != nil {
-		s.observer.LedgerWritten(l.DeepCopy())
+		s.observer.LedgerWritten(l)
 	}
 	return nil
 }

@@ -104,13 +104,14 @@ func (s *statusWriter) LedgerWritten(l *reconciler.StageLedger) {
 }
 
 // putLedger keeps what a Pipeline shows of a ledger: its current, last known-good and
-// failed releases. Called with s.mu held.
+// failed releases, shared with l (which nobody changes). Called with s.mu held.
 func (s *statusWriter) putLedger(l *reconciler.StageLedger) {
-	l.Status.Verified, l.Status.Conditions, l.ManagedFields = nil, nil, nil
 	if s.ledgers[l.Spec.Pipeline] == nil {
 		s.ledgers[l.Spec.Pipeline] = map[string]*reconciler.StageLedger{}
 	}
-	s.ledgers[l.Spec.Pipeline][l.Spec.Stage] = l
+	s.ledgers[l.Spec.Pipeline][l.Spec.Stage] = &reconciler.StageLedger{Spec: l.Spec, Status: reconciler.StageLedgerStatus{
+		Current: l.Status.Current, LastKnownGood: l.Status.LastKnownGood, Failed: l.Status.Failed,
+	}}
 }
 
 // markFresh notes a record written while the records are being read, so the (maybe older)

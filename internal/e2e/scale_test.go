@@ -49,7 +49,8 @@ func scalePipelines(b *testing.B) int {
 //
 // EBB_BENCH_PIPELINES=500 go test ./internal/e2e -bench BenchmarkScale -benchtime 1x -run '^$' -timeout 60m
 //
-// With EBB_BENCH_HEAPPROFILE=file, the daemon's heap profile at rest is written to file.
+// With EBB_BENCH_HEAPPROFILE=file, the daemon's heap profile at rest is written to file; with
+// EBB_BENCH_CPUPROFILE=file, its CPU profile of the sync's first 40 seconds.
 func BenchmarkScale(b *testing.B) {
 	n := scalePipelines(b)
 	e := newEnv(b, "scale", envOptions{})
@@ -59,11 +60,25 @@ func BenchmarkScale(b *testing.B) {
 
 	start := time.Now()
 	d := e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info", "--pprof")
+	profiled := make(chan struct{})
+	if path := os.Getenv("EBB_BENCH_CPUPROFILE"); path != "" {
+		// Where the daemon's CPU goes in the sync's first 40s: go tool pprof -top $path
+		go func() {
+			defer close(profiled)
+			if err := saveProfile(d.port, "profile?seconds=40", path); err != nil {
+				b.Errorf("CPU profile: %v", err)
+			}
+		}()
+	} else {
+		close(profiled)
+	}
 	completed, failed := awaitExecutions(b, e, 30*time.Minute, func(x *reconciler.Execution) bool { return true }, n)
 	initial := time.Since(start)
 	syncRequests := requests(b, d.port)
 	b.Logf("initial sync of %d pipelines: %s, %d COMPLETED, %d not; %.0f requests (%.1f per execution): %s",
 		n, initial.Round(100*time.Millisecond), completed, failed, syncRequests.total(), syncRequests.total()/float64(n), syncRequests.top(8))
+	b.Logf("  the daemon's CPU time in the sync: %.1f s of the 2 cores' %.0f s", scrape(b, d.port)["process_cpu_seconds_total"], 2*initial.Seconds())
+	<-profiled
 	list, err := e.store.ListExecutions(context.Background(), "")
 	require.NoError(b, err)
 	first, last := time.Duration(0), time.Duration(0)
@@ -86,14 +101,13 @@ func BenchmarkScale(b *testing.B) {
 	rss := procStatusMiB(b, d.Pid(), "VmRSS")
 	b.Logf("  at rest: %.0f MiB resident, of which %.0f MiB anonymous (heap, stacks) and %.0f MiB of files (the binary's pages)",
 		rss, procStatusMiB(b, d.Pid(), "RssAnon"), procStatusMiB(b, d.Pid(), "RssFile"))
+	m := scrape(b, d.port)
+	b.Logf("  Go at rest: heap %.0f MiB in use, next GC at %.0f MiB, %.0f MiB idle of which %.0f MiB released; stacks %.0f MiB, %.0f goroutines",
+		m["go_memstats_heap_inuse_bytes"]/(1<<20), m["go_memstats_next_gc_bytes"]/(1<<20), m["go_memstats_heap_idle_bytes"]/(1<<20),
+		m["go_memstats_heap_released_bytes"]/(1<<20), m["go_memstats_stack_inuse_bytes"]/(1<<20), m["go_goroutines"])
 	if path := os.Getenv("EBB_BENCH_HEAPPROFILE"); path != "" {
 		// What the daemon holds at rest: go tool pprof -sample_index=inuse_space $path
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1", d.port))
-		require.NoError(b, err)
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.NoError(b, err)
-		require.NoError(b, os.WriteFile(path, body, 0o644))
+		require.NoError(b, saveProfile(d.port, "heap?gc=1", path))
 	}
 
 	// Commits that change nothing any pipeline reads: the first one after the sync also
@@ -440,4 +454,18 @@ func crashRelease(b *testing.B, e *env, pipeline, tag string) (map[reconciler.St
 		}
 	}
 	return seen, at
+}
+
+// saveProfile writes the daemon's profile /debug/pprof/<which> to path.
+func saveProfile(port int, which, path string) error {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s", port, which))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, body, 0o644)
 }
