@@ -253,8 +253,8 @@ func BenchmarkRenderAtLimits(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if len(rel.Objects) < 1000 {
-					b.Fatalf("rendered %d objects", len(rel.Objects))
+				if rel.Objects.Len() < 1000 {
+					b.Fatalf("rendered %d objects", rel.Objects.Len())
 				}
 			}
 			b.ReportMetric(float64(m.Len())/(1<<20), "manifest-MiB")

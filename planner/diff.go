@@ -112,14 +112,15 @@ func (d *Differ) Diff(ctx context.Context, rel *Release, inventory ssa.Inventory
 		plan.Changes = append(plan.Changes, *created)
 	}
 	owner := ssa.Owner{Pipeline: rel.Pipeline, Stage: rel.Stage}
-	for _, obj := range rel.Objects {
-		c, err := d.ssa.Diff(ctx, obj, ssa.DiffOptions{Owner: owner, Set: rel.Objects})
+	objects := rel.Objects.Decode()
+	for _, obj := range objects {
+		c, err := d.ssa.Diff(ctx, obj, ssa.DiffOptions{Owner: owner, Set: objects})
 		if err != nil {
 			return nil, fmt.Errorf("diff %s of stage %q of pipeline %q: %w", RefOf(obj), rel.Stage, rel.Pipeline, err)
 		}
 		plan.Changes = append(plan.Changes, Change{Action: c.Action, Object: RefOf(obj), Diff: c.Diff})
 	}
-	res, err := d.ssa.Prune(ctx, inventory.Minus(ssa.InventoryOf(rel.Objects)), ssa.PruneOptions{Owner: owner, DryRun: true, Keep: rel.Objects})
+	res, err := d.ssa.Prune(ctx, inventory.Minus(ssa.InventoryOf(objects)), ssa.PruneOptions{Owner: owner, DryRun: true, Keep: objects})
 	if err != nil {
 		return nil, fmt.Errorf("find objects to prune for stage %q of pipeline %q: %w", rel.Stage, rel.Pipeline, err)
 	}
@@ -158,7 +159,7 @@ func (d *Differ) namespaceToCreate(ctx context.Context, rel *Release) (*Change, 
 
 // createsNamespace reports whether the release holds the Namespace ns.
 func createsNamespace(rel *Release, ns string) bool {
-	for _, o := range rel.Objects {
+	for _, o := range rel.Objects.Decode() {
 		if o.GetKind() == "Namespace" && o.GroupVersionKind().Group == "" && o.GetName() == ns {
 			return true
 		}

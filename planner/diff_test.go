@@ -64,9 +64,9 @@ func apply(t testing.TB, d *Differ, rel *Release) ssa.Inventory {
 			Apply(ctx, rel.Namespace, ns, metav1.ApplyOptions{FieldManager: "ebb"})
 		require.NoError(t, err)
 	}
-	_, err := d.ssa.Apply(ctx, rel.Objects, ssa.ApplyOptions{Owner: ssa.Owner{Pipeline: rel.Pipeline, Stage: rel.Stage}})
+	_, err := d.ssa.Apply(ctx, rel.Objects.Decode(), ssa.ApplyOptions{Owner: ssa.Owner{Pipeline: rel.Pipeline, Stage: rel.Stage}})
 	require.NoError(t, err)
-	deploy := findObject(rel.Objects, "Deployment", rel.Deployment)
+	deploy := findObject(rel.Objects.Decode(), "Deployment", rel.Deployment)
 	ri := resourceOf(t, d, deploy)
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		live, err := ri.Get(ctx, deploy.GetName(), metav1.GetOptions{})
@@ -80,7 +80,7 @@ func apply(t testing.TB, d *Differ, rel *Release) ssa.Inventory {
 		return observed == live.GetGeneration() && updated == replicas && available == replicas, nil
 	})
 	require.NoError(t, err, "Deployment %s rolls out", deploy.GetName())
-	return ssa.InventoryOf(rel.Objects)
+	return ssa.InventoryOf(rel.Objects.Decode())
 }
 
 // resourceOf returns the client of an object's resource.
@@ -107,7 +107,7 @@ func actions(p *Plan) []string {
 func resourceVersions(t testing.TB, d *Differ, rel *Release) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	for _, obj := range rel.Objects {
+	for _, obj := range rel.Objects.Decode() {
 		live, err := resourceOf(t, d, obj).Get(context.Background(), obj.GetName(), metav1.GetOptions{})
 		if err == nil {
 			out[RefOf(obj).String()] = live.GetResourceVersion()
@@ -227,7 +227,7 @@ func TestDiffArgoCDExamples(t *testing.T) {
 		t.Run(rel.Pipeline, func(t *testing.T) {
 			plan, err := d.Diff(ctx, rel, nil)
 			require.NoError(t, err)
-			require.Len(t, plan.Changes, len(rel.Objects)+1)
+			require.Len(t, plan.Changes, rel.Objects.Len()+1)
 			assert.Equal(t, "Namespace/"+rel.Namespace, plan.Changes[0].Object.String(), "the stage's namespace is created first")
 			for _, c := range plan.Changes {
 				assert.Equal(t, Created, c.Action, c.Object.String())

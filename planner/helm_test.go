@@ -39,18 +39,18 @@ func TestHelmRenderPodinfo(t *testing.T) {
 
 	dev, err := r.Render(repo, p, "dev")
 	require.NoError(t, err)
-	assert.Equal(t, []string{"Service/podinfo-dev/podinfo", "Deployment/podinfo-dev/podinfo"}, kinds(dev.Objects),
+	assert.Equal(t, []string{"Service/podinfo-dev/podinfo", "Deployment/podinfo-dev/podinfo"}, kinds(dev.Objects.Decode()),
 		"the chart's defaults: no service account, HPA, PDB, Redis or Ingress; hooks and test pods left out")
 	assert.Equal(t, "podinfo", dev.Deployment, "release name = pipeline name, so podinfo.fullname is podinfo")
 	assert.Equal(t, "podinfo", dev.Service)
 	assert.Equal(t, []string{"ghcr.io/stefanprodan/podinfo:6.14.0"}, dev.Images, "input.tag replaces the chart's 6.14.1")
-	for _, o := range dev.Objects {
+	for _, o := range dev.Objects.Decode() {
 		assert.Equal(t, "podinfo-dev", o.GetNamespace(), RefOf(o).String())
 		assert.Equal(t, "podinfo", o.GetLabels()[LabelPipeline])
 		assert.Equal(t, "dev", o.GetLabels()[LabelStage])
 		assert.Equal(t, "Helm", o.GetLabels()["app.kubernetes.io/managed-by"], "the chart's own labels are kept")
 	}
-	deploy := findObject(dev.Objects, "Deployment", "podinfo")
+	deploy := findObject(dev.Objects.Decode(), "Deployment", "podinfo")
 	replicas, _, _ := unstructured.NestedInt64(deploy.Object, "spec", "replicas")
 	assert.Equal(t, int64(2), replicas, "inline values.replicaCount")
 	env := containerEnv(t, deploy)
@@ -68,7 +68,7 @@ func TestHelmRenderPodinfo(t *testing.T) {
 	prod, err := r.Render(repo, p, "prod")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ConfigMap/podinfo/podinfo-redis", "Service/podinfo/podinfo", "Service/podinfo/podinfo-redis",
-		"Deployment/podinfo/podinfo", "Deployment/podinfo/podinfo-redis", "HorizontalPodAutoscaler/podinfo/podinfo"}, kinds(prod.Objects),
+		"Deployment/podinfo/podinfo", "Deployment/podinfo/podinfo-redis", "HorizontalPodAutoscaler/podinfo/podinfo"}, kinds(prod.Objects.Decode()),
 		"values-prod.yaml turns Redis and the HPA on")
 	assert.Equal(t, "podinfo", prod.Deployment)
 	assert.NotEqual(t, dev.Hash, prod.Hash)
@@ -309,11 +309,11 @@ dependencies:
 	})
 	rel, err := renderWeb(t, dir, testClusters)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"ConfigMap/web-dev/caps", "ConfigMap/web-dev/lookup", "ConfigMap/web-dev/web-cache", "Deployment/web-dev/web"}, kinds(rel.Objects))
-	cm := findObject(rel.Objects, "ConfigMap", "web-cache")
+	assert.Equal(t, []string{"ConfigMap/web-dev/caps", "ConfigMap/web-dev/lookup", "ConfigMap/web-dev/web-cache", "Deployment/web-dev/web"}, kinds(rel.Objects.Decode()))
+	cm := findObject(rel.Objects.Decode(), "ConfigMap", "web-cache")
 	assert.Equal(t, map[string]any{"size": "64", "ns": "web-dev"}, cm.Object["data"], "the parent's values override the subchart's")
-	assert.Equal(t, map[string]any{"found": "0"}, findObject(rel.Objects, "ConfigMap", "lookup").Object["data"], "lookup finds nothing: no cluster is asked")
-	assert.Equal(t, map[string]any{"kube": helmKubeVersion}, findObject(rel.Objects, "ConfigMap", "caps").Object["data"])
+	assert.Equal(t, map[string]any{"found": "0"}, findObject(rel.Objects.Decode(), "ConfigMap", "lookup").Object["data"], "lookup finds nothing: no cluster is asked")
+	assert.Equal(t, map[string]any{"kube": helmKubeVersion}, findObject(rel.Objects.Decode(), "ConfigMap", "caps").Object["data"])
 	assert.Equal(t, []string{"Helm hook Job/migrate (pre-install,pre-upgrade, chart/templates/job-hook.yaml) is left out: ebb runs no hooks"}, rel.Notes)
 	assert.Equal(t, []string{"nginx:1.28"}, rel.Images)
 
@@ -335,7 +335,7 @@ dependencies:
 	writeTree(t, dir, map[string]string{"chart/values.yaml": "replicas: 1\ncache: {enabled: false}\n"})
 	rel, err = renderWeb(t, dir, testClusters)
 	require.NoError(t, err)
-	assert.Nil(t, findObject(rel.Objects, "ConfigMap", "web-cache"), "the dependency's condition turns it off")
+	assert.Nil(t, findObject(rel.Objects.Decode(), "ConfigMap", "web-cache"), "the dependency's condition turns it off")
 }
 
 func TestHelmLimits(t *testing.T) {
@@ -436,8 +436,8 @@ func TestHelmSymlinksOutOfRepoInvisible(t *testing.T) {
 
 	rel, err := renderWeb(t, dir, testClusters)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"ConfigMap/web-dev/files", "Deployment/web-dev/web"}, kinds(rel.Objects), "the template linked from outside is not there")
-	assert.Equal(t, map[string]any{"outside": "", "inside": "from the repository"}, findObject(rel.Objects, "ConfigMap", "files").Object["data"])
+	assert.Equal(t, []string{"ConfigMap/web-dev/files", "Deployment/web-dev/web"}, kinds(rel.Objects.Decode()), "the template linked from outside is not there")
+	assert.Equal(t, map[string]any{"outside": "", "inside": "from the repository"}, findObject(rel.Objects.Decode(), "ConfigMap", "files").Object["data"])
 }
 
 func TestHelmValuesSchema(t *testing.T) {

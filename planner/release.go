@@ -1,8 +1,13 @@
 package planner
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"sort"
+
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -27,9 +32,8 @@ type Release struct {
 	// Service is the rendered name of the service's Service, or "" when there is none.
 	Service string
 	// Objects are the rendered objects in apply order: namespaces and cluster-wide objects
-	// first, workloads later. Each carries LabelPipeline and LabelStage. Shared; do not
-	// modify.
-	Objects []*unstructured.Unstructured
+	// first, workloads later. Each carries LabelPipeline and LabelStage.
+	Objects Objects
 	// Hash is "sha256:<hex>" over the canonical JSON of Objects. Equal inputs give an equal
 	// hash whatever the map order or YAML formatting of the files.
 	Hash string
@@ -38,6 +42,51 @@ type Release struct {
 	// Notes say what the render left out of the release, e.g. a Helm chart's hooks, for
 	// `ebb plan` to show.
 	Notes []string
+}
+
+// Objects are a release's objects in apply order, each kept as its canonical JSON: the
+// daemon keeps every stage's release between commits, and a decoded Deployment and Service
+// take 9 KB where their JSON takes 0.9 KB. Decode returns objects of the caller's own.
+type Objects struct{ raw [][]byte }
+
+// ObjectsOf keeps objs, in their order.
+func ObjectsOf(objs []*unstructured.Unstructured) (Objects, error) {
+	out := Objects{raw: make([][]byte, len(objs))}
+	for i, o := range objs {
+		data, err := json.Marshal(o.Object)
+		if err != nil {
+			return Objects{}, fmt.Errorf("object %s: %w", RefOf(o), err)
+		}
+		out.raw[i] = data
+	}
+	return out, nil
+}
+
+// Decode returns the objects, new ones at each call: the caller may change them.
+func (o Objects) Decode() []*unstructured.Unstructured {
+	out := make([]*unstructured.Unstructured, len(o.raw))
+	for i, data := range o.raw {
+		m := map[string]any{}
+		// apimachinery's JSON keeps integers int64, as a decoded object holds them.
+		if err := utiljson.Unmarshal(data, &m); err != nil {
+			panic(fmt.Sprintf("decode a rendered object: %v", err)) // written by json.Marshal
+		}
+		out[i] = &unstructured.Unstructured{Object: m}
+	}
+	return out
+}
+
+// Len is the number of objects.
+func (o Objects) Len() int { return len(o.raw) }
+
+// hash is "sha256:<hex>" over the objects' canonical JSON, each followed by a newline.
+func (o Objects) hash() string {
+	h := sha256.New()
+	for _, data := range o.raw {
+		h.Write(data)
+		h.Write([]byte{'\n'})
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
 // ObjectRef identifies an object in a cluster.

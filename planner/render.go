@@ -2,8 +2,6 @@ package planner
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -496,9 +494,13 @@ func build(fsys *renderFS, params renderParams) (*Release, error) {
 		return nil, err
 	}
 	sortObjects(objects)
+	kept, err := ObjectsOf(objects)
+	if err != nil {
+		return nil, err
+	}
 	rel := &Release{
 		Pipeline: params.Pipeline, Stage: params.Stage, Cluster: params.Cluster, Namespace: params.Namespace,
-		Deployment: deploy.GetName(), Objects: objects, Hash: hashObjects(objects), Notes: notes,
+		Deployment: deploy.GetName(), Objects: kept, Hash: kept.hash(), Notes: notes,
 	}
 	if svc != nil {
 		rel.Service = svc.GetName()
@@ -885,17 +887,6 @@ func scalarValue(n *kyaml.Node) (any, error) {
 		return f, nil
 	}
 	return nil, errNotJSON
-}
-
-// hashObjects returns "sha256:<hex>" over the canonical JSON of the ordered objects. JSON
-// encoding sorts map keys, so the hash does not depend on map order or YAML formatting.
-func hashObjects(objects []*unstructured.Unstructured) string {
-	h := sha256.New()
-	enc := json.NewEncoder(h)
-	for _, o := range objects {
-		_ = enc.Encode(o.Object)
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
 func findObject(objects []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {

@@ -39,7 +39,7 @@ type colors struct {
 
 // colorsOf splits a release for the blue-green model.
 func colorsOf(d *Desired) (*colors, error) {
-	resources, deployments := split(d.Objects)
+	resources, deployments := split(d.Objects.Decode())
 	main := find(deployments, d.Deployment)
 	if main == nil {
 		return nil, stalled("the release has no Deployment %q", d.Deployment)

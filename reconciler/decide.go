@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"ebb.dev/ebb/planner"
 )
@@ -65,7 +64,7 @@ type Desired struct {
 	// (a namePrefix may have changed them): the objects a deployment model acts on.
 	Deployment, Service string
 	Images              []string
-	Objects             []*unstructured.Unstructured
+	Objects             planner.Objects
 }
 
 // Target is what a pipeline should run according to one commit: each stage's release, in

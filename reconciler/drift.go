@@ -132,7 +132,7 @@ func AppliedObjects(stage *planner.Stage, rel *planner.Release) ([]*unstructured
 // the release itself, or for blue-green its color, the Service pointed at it and the preview.
 func appliedObjects(d *Desired) ([]*unstructured.Unstructured, error) {
 	if d.Stage.Model != planner.ModelBlueGreen {
-		return d.Objects, nil
+		return d.Objects.Decode(), nil
 	}
 	c, err := colorsOf(d)
 	if err != nil {

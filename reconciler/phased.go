@@ -29,7 +29,7 @@ type phased struct{}
 
 func (phased) deploy(ctx context.Context, s *stageRun) error {
 	d := s.d
-	resources, deployments := split(d.Objects)
+	resources, deployments := split(d.Objects.Decode())
 	main := find(deployments, d.Deployment)
 	if main == nil {
 		return &taskError{task: TaskDeployPhase1, err: stalled("the release has no Deployment %q to roll out in phases", d.Deployment)}
@@ -65,7 +65,7 @@ func (phased) deploy(ctx context.Context, s *stageRun) error {
 		if err := s.verify(ctx, subject{at: atFull, deployments: names(deployments), objects: resources, service: d.Service, live: true}); err != nil {
 			return err
 		}
-		return s.prune(ctx, d.Objects)
+		return s.prune(ctx, d.Objects.Decode())
 	})
 	s.deploymentEvents(ctx, deployments, err)
 	return err

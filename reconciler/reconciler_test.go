@@ -140,12 +140,14 @@ func (f *fixture) commit(sha, message, tag string) *Target {
 	for i := range raw {
 		objs[i] = &unstructured.Unstructured{Object: raw[i]}
 	}
+	kept, err := planner.ObjectsOf(objs)
+	require.NoError(f.t, err)
 	t := &Target{
 		Pipeline: &planner.Pipeline{Metadata: planner.Metadata{Name: "web"}, Spec: planner.PipelineSpec{Service: "web", Input: planner.Input{Image: "registry.example/web"}}},
 		Commit:   Commit{SHA: sha, Message: message},
 		Stages: []Desired{{
 			Stage: f.stage, Hash: fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(tag))), Namespace: f.ns, Deployment: "web", Service: "web",
-			Images: []string{"registry.example/web:" + tag}, Objects: objs,
+			Images: []string{"registry.example/web:" + tag}, Objects: kept,
 		}},
 	}
 	f.targets[sha] = t

@@ -88,15 +88,17 @@ func TestWaitingTakesNoSlot(t *testing.T) {
 	api.Pipeline = &planner.Pipeline{Metadata: planner.Metadata{Name: "api"}, Spec: api.Pipeline.Spec}
 	d := &api.Stages[0]
 	d.Stage, d.Namespace = &stage, stage.Namespace
-	for i, o := range d.Objects {
-		o = o.DeepCopy()
+	objs := d.Objects.Decode()
+	for _, o := range objs {
 		if o.GetKind() == "Namespace" {
 			o.SetName(stage.Namespace)
 		} else {
 			o.SetNamespace(stage.Namespace)
 		}
-		d.Objects[i] = o
 	}
+	var err error
+	d.Objects, err = planner.ObjectsOf(objs)
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		_ = f.cs.CoreV1().Namespaces().Delete(context.Background(), stage.Namespace, metav1.DeleteOptions{})
 	})

@@ -35,7 +35,7 @@ func (rolling) discard(context.Context, *stageRun) error { return nil }
 
 // rollOut applies the whole release and verifies it as it takes all the traffic.
 func (s *stageRun) rollOut(ctx context.Context) error {
-	resources, deployments := split(s.d.Objects)
+	resources, deployments := split(s.d.Objects.Decode())
 	if err := s.task(ctx, s.rec, TaskCreateResources, false, func(ctx context.Context) error {
 		if err := s.createResources(ctx, resources); err != nil {
 			return err
@@ -56,7 +56,7 @@ func (s *stageRun) rollOut(ctx context.Context) error {
 		if err := s.verify(ctx, subject{at: atFull, deployments: names(deployments), objects: resources, service: s.d.Service, live: true}); err != nil {
 			return err
 		}
-		return s.prune(ctx, s.d.Objects)
+		return s.prune(ctx, s.d.Objects.Decode())
 	})
 	s.deploymentEvents(ctx, deployments, err)
 	return err

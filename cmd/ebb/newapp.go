@@ -62,7 +62,7 @@ func readApp(repo *planner.Repo, manifests string) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	return appOf(rel.Objects), nil
+	return appOf(rel.Objects.Decode()), nil
 }
 
 // renderManifests renders the manifests with the planner. The planner needs the name of a

@@ -153,7 +153,11 @@ func planStage(ctx context.Context, repo *planner.Repo, r *planner.Renderer, clu
 	}
 	// Diff what the stage's model applies: a blue-green stage runs the release as a color.
 	applied := *rel
-	if applied.Objects, err = reconciler.AppliedObjects(s.stage, rel); err != nil {
+	objs, err := reconciler.AppliedObjects(s.stage, rel)
+	if err == nil {
+		applied.Objects, err = planner.ObjectsOf(objs)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%s: stage %q: %w", s.pipeline.File, s.stage.Name, err)
 	}
 	return d.Diff(ctx, &applied, ledgers.inventory(ctx, s.pipeline.Metadata.Name, s.stage.Name))

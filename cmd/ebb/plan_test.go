@@ -59,7 +59,7 @@ func applyStage(t *testing.T, dir, pipeline, stage string) {
 	require.NoError(t, err)
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
 	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": rel.Namespace}}}
-	for _, obj := range append([]*unstructured.Unstructured{ns}, rel.Objects...) {
+	for _, obj := range append([]*unstructured.Unstructured{ns}, rel.Objects.Decode()...) {
 		gvk := obj.GroupVersionKind()
 		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		require.NoError(t, err)
@@ -264,7 +264,7 @@ func TestPlanPrunesTheInventory(t *testing.T) {
 	store := reconciler.NewStore(dyn, records.Name)
 	ledger, err := store.Ledger(ctx, "kustomize-guestbook", "dev")
 	require.NoError(t, err)
-	ledger.Status.Inventory = ssa.InventoryOf(rel.Objects)
+	ledger.Status.Inventory = ssa.InventoryOf(rel.Objects.Decode())
 	require.NoError(t, store.SaveLedger(ctx, ledger))
 	// An object with the stage's labels that ebb never applied is not ebb's to prune.
 	_, err = cs.CoreV1().ConfigMaps("kustomize-guestbook-dev").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{

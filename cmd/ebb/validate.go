@@ -123,7 +123,7 @@ func validateRepo(repo *planner.Repo, opts planner.Options) (validateResult, str
 		for _, s := range p.Spec.Stages {
 			vs := validatedStage{Name: s.Name, Cluster: s.Cluster, Namespace: s.Namespace}
 			if r := rendered[p.Metadata.Name+"/"+s.Name]; r != nil {
-				vs.Hash, vs.Objects = r.Hash, len(r.Objects)
+				vs.Hash, vs.Objects = r.Hash, r.Objects.Len()
 			}
 			vp.Stages = append(vp.Stages, vs)
 		}

@@ -85,12 +85,25 @@ func (s *statusWriter) ExecutionWritten(x *reconciler.Execution) {
 	}
 	s.mu.Lock()
 	if old := s.newest[x.Spec.Pipeline]; old == nil || x.Spec.Number >= old.Spec.Number {
-		s.newest[x.Spec.Pipeline] = x
+		s.newest[x.Spec.Pipeline] = conditionsOf(x)
 	}
 	s.markFresh("x/" + x.Spec.Pipeline)
 	s.dirty[reconciler.ObjectName(x.Spec.Pipeline)] = true
 	s.mu.Unlock()
 	s.poke()
+}
+
+// conditionsOf keeps of x what a Pipeline's conditions read (pipelineFacts): its spec, phase,
+// failure, comment and each stage's release, not its tasks and history, which are most of a
+// record.
+func conditionsOf(x *reconciler.Execution) *reconciler.Execution {
+	out := &reconciler.Execution{Spec: x.Spec, Status: reconciler.ExecutionStatus{
+		Phase: x.Status.Phase, Failure: x.Status.Failure, Comment: x.Status.Comment,
+	}}
+	for _, st := range x.Status.Stages {
+		out.Status.Stages = append(out.Status.Stages, reconciler.StageRecord{Name: st.Name, ReleaseHash: st.ReleaseHash})
+	}
+	return out
 }
 
 // LedgerWritten keeps each stage's ledger.
@@ -290,7 +303,7 @@ func (s *statusWriter) read(ctx context.Context) error {
 				continue
 			}
 			if old := s.newest[x.Spec.Pipeline]; old == nil || x.Spec.Number > old.Spec.Number {
-				s.newest[x.Spec.Pipeline] = x
+				s.newest[x.Spec.Pipeline] = conditionsOf(x)
 			}
 		}
 		for i := range ledgers {

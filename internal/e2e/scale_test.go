@@ -456,9 +456,15 @@ func crashRelease(b *testing.B, e *env, pipeline, tag string) (map[reconciler.St
 	return seen, at
 }
 
-// saveProfile writes the daemon's profile /debug/pprof/<which> to path.
+// saveProfile writes the daemon's profile /debug/pprof/<which> to path. A daemon just
+// started is given 10s to listen.
 func saveProfile(port int, which, path string) error {
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s", port, which))
+	url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s", port, which)
+	resp, err := http.Get(url)
+	for deadline := time.Now().Add(10 * time.Second); err != nil && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		resp, err = http.Get(url)
+	}
 	if err != nil {
 		return err
 	}

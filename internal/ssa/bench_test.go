@@ -31,7 +31,7 @@ func sockShop(b testing.TB, ns string) []*unstructured.Unstructured {
 		p.Spec.Stages[0].Namespace = ns
 		rel, err := planner.NewRenderer(opts).Render(repo, p, "dev")
 		require.NoError(b, err)
-		return rel.Objects
+		return rel.Objects.Decode()
 	}
 	b.Fatal("no sock-shop pipeline")
 	return nil
