@@ -356,7 +356,7 @@ func BenchmarkScaleRollback(b *testing.B) {
 	deleteStageNamespaces(b, e, crash)
 	good, err := e.repo.CommitFiles("release "+crash+" 1.0", e.pipelineFiles(crash, "1.0", 1))
 	require.NoError(b, err)
-	e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
+	d := e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
 	daemontest.WaitExecution(b, e.store, crash, good, reconciler.Completed)
 	// The same while nothing else runs, to compare.
 	idle, _ := crashRelease(b, e, crash, "1.1-broken")
@@ -391,6 +391,35 @@ func BenchmarkScaleRollback(b *testing.B) {
 	b.Logf("crash-looping release committed %s after the sync of %d pipelines began: RUNNING after %s, ROLLING_BACK after %s, ROLLBACK_COMPLETED after %s, when %d of the %d had ended; the sync took %s, %d COMPLETED, %d not",
 		at.Sub(start).Round(100*time.Millisecond), n, seen[reconciler.Running].Round(10*time.Millisecond), seen[reconciler.RollingBack].Round(10*time.Millisecond),
 		rolledBack.Round(10*time.Millisecond), ended, n, took.Round(100*time.Millisecond), completed, failed)
+	b.Logf("  the crash-looping release during the sync, from its commit: %s", timeline(d, crash, at))
+}
+
+// timeline lists, from the daemon's log, when after since pipeline's executions changed
+// status and began and ended each task: where the time of a release goes.
+func timeline(d *daemon, pipeline string, since time.Time) string {
+	var parts []string
+	for _, line := range d.Lines(`"pipeline":"` + pipeline + `"`) {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		ts, _ := m["time"].(string)
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil || at.Before(since) {
+			continue
+		}
+		what, _ := m["msg"].(string)
+		switch what {
+		case "execution status":
+			what = fmt.Sprintf("%v %v", m["execution"], m["status"])
+		case "task started", "task completed":
+			what = fmt.Sprintf("%v %s %v", m["execution"], strings.TrimPrefix(what, "task "), m["task"])
+		default:
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %s", at.Sub(since).Round(10*time.Millisecond), what))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // crashRelease commits a release of pipeline whose pods crash-loop (image tag tag, which must
