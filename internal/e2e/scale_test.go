@@ -348,6 +348,10 @@ func sumPrefix(m map[string]float64, name string) float64 {
 // it started RUNNING and ROLLING_BACK; and the time the whole sync took.
 //
 // EBB_BENCH_PIPELINES=500 go test ./internal/e2e -bench BenchmarkScaleRollback -benchtime 1x -run '^$' -timeout 60m
+//
+// EBB_BENCH_DAEMON_ARGS adds flags to the daemon's (space-separated), for a diagnostic run
+// off the defaults: with "--kube-qps 100000 --kube-burst 100000", whether the client rate
+// limits are where the rollback's time goes.
 func BenchmarkScaleRollback(b *testing.B) {
 	n := scalePipelines(b)
 	e := newEnv(b, "scalerb", envOptions{})
@@ -356,7 +360,7 @@ func BenchmarkScaleRollback(b *testing.B) {
 	deleteStageNamespaces(b, e, crash)
 	good, err := e.repo.CommitFiles("release "+crash+" 1.0", e.pipelineFiles(crash, "1.0", 1))
 	require.NoError(b, err)
-	d := e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
+	d := e.startDaemon(append([]string{"--interval", "1h", "--resync", "1h", "--log-level", "info"}, strings.Fields(os.Getenv("EBB_BENCH_DAEMON_ARGS"))...)...)
 	daemontest.WaitExecution(b, e.store, crash, good, reconciler.Completed)
 	// The same while nothing else runs, to compare.
 	idle, _ := crashRelease(b, e, crash, "1.1-broken")
