@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -58,8 +59,15 @@ func TestClientsRateLimits(t *testing.T) {
 		require.NoError(t, d.kube.total.WithLabelValues("dev", "GET", "namespaces").Write(&m))
 		return m.GetCounter().GetValue()
 	}
-	before := counted()
+	observed := func(h *prometheus.HistogramVec) uint64 {
+		var m dto.Metric
+		require.NoError(t, h.WithLabelValues("urgent").(prometheus.Metric).Write(&m))
+		return m.GetHistogram().GetSampleCount()
+	}
+	before, waits, answers := counted(), observed(kubeWait), observed(kubeLatency)
 	_, err = dev.Typed.CoreV1().Namespaces().Get(ratelimit.Urgent(context.Background()), "default", metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, before+1, counted(), "an urgent request is counted like the others")
+	assert.Equal(t, waits+1, observed(kubeWait), "its wait for the rate limit, as urgent")
+	assert.Equal(t, answers+1, observed(kubeLatency), "the API server's time to answer it, as urgent")
 }

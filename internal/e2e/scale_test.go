@@ -372,7 +372,9 @@ func BenchmarkScaleRollback(b *testing.B) {
 	others := func(x *reconciler.Execution) bool { return x.Spec.Pipeline != crash && x.Spec.Commit == synced }
 	awaitExecutions(b, e, 30*time.Minute, others, n/10)
 
+	waitsBefore := scrape(b, d.port)
 	seen, at := crashRelease(b, e, crash, "2.0-broken")
+	waits := scrape(b, d.port)
 	rolledBack := seen[reconciler.RollbackCompleted]
 	list, err := e.store.ListExecutions(context.Background(), "")
 	require.NoError(b, err)
@@ -396,6 +398,31 @@ func BenchmarkScaleRollback(b *testing.B) {
 		at.Sub(start).Round(100*time.Millisecond), n, seen[reconciler.Running].Round(10*time.Millisecond), seen[reconciler.RollingBack].Round(10*time.Millisecond),
 		rolledBack.Round(10*time.Millisecond), ended, n, took.Round(100*time.Millisecond), completed, failed)
 	b.Logf("  the crash-looping release during the sync, from its commit: %s", timeline(d, crash, at))
+	b.Logf("  every request of the daemon from 1s before that commit to the rollback's end: %s", latencies(waitsBefore, waits))
+}
+
+// latencies says, from two scrapes of the daemon's metrics, how many requests of each
+// priority were sent in between, and how long they waited for their client's rate limit and
+// for the API server, on average.
+func latencies(before, after map[string]float64) string {
+	var parts []string
+	for _, p := range []string{"urgent", "normal"} {
+		delta := func(name string) float64 {
+			series := name + `{priority="` + p + `"}`
+			return after[series] - before[series]
+		}
+		n := delta("ebb_kube_rate_limit_wait_seconds_count")
+		if n == 0 {
+			parts = append(parts, "no "+p+" request")
+			continue
+		}
+		mean := func(name string) time.Duration {
+			return time.Duration(delta(name+"_sum") / delta(name+"_count") * float64(time.Second)).Round(100 * time.Microsecond)
+		}
+		parts = append(parts, fmt.Sprintf("%.0f %s, waited %s for the rate limit and %s for the API server on average",
+			n, p, mean("ebb_kube_rate_limit_wait_seconds"), mean("ebb_kube_request_duration_seconds")))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // timeline lists, from the daemon's log, when after since pipeline's executions changed
