@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
+	"ebb.dev/ebb/internal/ratelimit"
 	"ebb.dev/ebb/internal/ssa"
 )
 
@@ -50,19 +51,21 @@ func NewCluster(name string, cfg *rest.Config) (*Cluster, error) {
 		// Hundreds of pipelines share one client per cluster.
 		cfg.QPS, cfg.Burst = 100, 200
 	}
-	typed, err := kubernetes.NewForConfig(cfg)
+	// Each client has a rate limit of its own, as client-go would give it, whose tokens go
+	// to rollbacks and verifications first (ratelimit.Urgent).
+	typed, err := kubernetes.NewForConfig(ratelimit.Config(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", name, err)
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	dyn, err := dynamic.NewForConfig(ratelimit.Config(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", name, err)
 	}
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	dc, err := discovery.NewDiscoveryClientForConfig(ratelimit.Config(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", name, err)
 	}
-	live, err := ssa.NewLiveCache(cfg)
+	live, err := ssa.NewLiveCache(ratelimit.Config(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", name, err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"ebb.dev/ebb/internal/ratelimit"
 	"ebb.dev/ebb/internal/ssa"
 	"ebb.dev/ebb/planner"
 )
@@ -193,6 +194,8 @@ func (e *run) stageFailed(ctx context.Context, t *Target, d *Desired, rec *Stage
 	}
 	applied := wroteCluster(rec, cause)
 	if ok, whyNot := rollbackTo(d.Stage, good, applied); ok {
+		// From here on, every request of the rollback goes first (ratelimit.Urgent).
+		ctx = ratelimit.Urgent(ctx)
 		e.r.metrics.rollbacks.WithLabelValues(t.Name(), d.Stage.Name, reason(cause)).Inc()
 		comment := fmt.Sprintf("%s; rolling back to commit %s (image %s)", trigger, short(good.Commit), serviceImage(good.Images, t.Pipeline.Spec.Input.Image))
 		if err := e.setPhase(ctx, RollingBack, comment); err != nil {

@@ -11,6 +11,8 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"ebb.dev/ebb/internal/ratelimit"
 )
 
 // run is one execution in progress: its record, and where to write it.
@@ -203,10 +205,16 @@ func (e *run) stage(name string) *StageRecord {
 // (verification is never trusted across a restart) or the execution was resumed after a
 // restart and the task writes to the cluster (the cluster may have changed meanwhile: the
 // release is applied again before it is verified). A given approval is never asked again.
+//
+// A task that verifies sends its requests, its gates' and its record's, before those of
+// executions that deploy (ratelimit.Urgent): a release found bad is rolled back sooner.
 func (e *run) task(ctx context.Context, stage *StageRecord, name string, verifies bool, fn func(context.Context) error) error {
 	t := taskRecord(stage, name)
 	if t.Status == Completed && !verifies && (!e.resumed || name == TaskApproval) {
 		return nil
+	}
+	if verifies {
+		ctx = ratelimit.Urgent(ctx)
 	}
 	now := metav1.Now()
 	t.Status, t.StartedAt, t.FinishedAt, t.Message = Running, &now, nil, ""

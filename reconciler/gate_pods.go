@@ -100,9 +100,11 @@ func (c *Cluster) watchNewPods(ctx context.Context, ns, name string, applied *un
 	handler := cache.ResourceEventHandlerFuncs{AddFunc: poke, UpdateFunc: func(_, n any) { poke(n) }, DeleteFunc: poke}
 	_, _ = pods.Informer().AddEventHandler(handler)
 	_, _ = sets.Informer().AddEventHandler(handler)
-	stop := make(chan struct{})
-	defer close(stop)
-	factory.Start(stop)
+	// The watches' lists and watch requests carry ctx's values: a verification's are urgent
+	// (ratelimit.Urgent), and its crash-looping pods are seen without waiting behind deploys.
+	watchCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	factory.StartWithContext(watchCtx)
 	if !cache.WaitForCacheSync(ctx.Done(), pods.Informer().HasSynced, sets.Informer().HasSynced, w.synced) {
 		return nil // ctx ended
 	}

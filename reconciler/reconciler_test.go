@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"ebb.dev/ebb/internal/testcluster"
@@ -59,16 +60,23 @@ type fixture struct {
 
 func newFixture(t testing.TB, rollback bool) *fixture {
 	t.Helper()
+	return newFixtureOn(t, rollback, cluster.Config)
+}
+
+// newFixtureOn is newFixture whose clients, of the records and of the stage's cluster, are
+// built from cfg.
+func newFixtureOn(t testing.TB, rollback bool, cfg *rest.Config) *fixture {
+	t.Helper()
 	ctx := context.Background()
-	dyn := dynamic.NewForConfigOrDie(cluster.Config)
-	cs := kubernetes.NewForConfigOrDie(cluster.Config)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	cs := kubernetes.NewForConfigOrDie(cfg)
 	top, err := testcluster.ModuleRoot()
 	require.NoError(t, err)
 	require.NoError(t, InstallCRDs(ctx, dyn, filepath.Join(top, "charts", "ebb", "crds")))
 
 	records, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "ebb-"}}, metav1.CreateOptions{})
 	require.NoError(t, err)
-	target, err := NewCluster("dev", cluster.Config)
+	target, err := NewCluster("dev", cfg)
 	require.NoError(t, err)
 	t.Cleanup(target.Close)
 

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"ebb.dev/ebb/internal/ratelimit"
 )
 
 // rollback runs the rollback execution <pipeline>_<stage>_rollback#<n> for the parent run e:
@@ -14,6 +16,9 @@ import (
 // object), prunes what the failed release added, and verifies it. The stage's ledger then
 // holds the known-good release as current, marked as restored, so polls do not re-apply the
 // failed one. The parent ends ROLLBACK_COMPLETED or ROLLBACK_FAILED.
+//
+// Its callers (stageFailed, resumeRollback) mark ctx ratelimit.Urgent: every request of a
+// rollback, to the stage's cluster and to the records, goes before those of deploys.
 func (e *run) rollback(ctx context.Context, failed *Target, stage string, good ReleaseRecord) error {
 	detected := time.Now()
 	rb, err := e.rollbackExecution(ctx, failed, stage, good)
@@ -117,6 +122,7 @@ func (e *run) restore(ctx context.Context, pipeline, stageName string, good Rele
 
 // resumeRollback finishes a parent execution that a restart found ROLLING_BACK.
 func (e *run) resumeRollback(ctx context.Context, t *Target) error {
+	ctx = ratelimit.Urgent(ctx)
 	stage := e.x.Status.Stage
 	rec := e.stage(stage)
 	var good *ReleaseRecord

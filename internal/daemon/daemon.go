@@ -27,6 +27,7 @@ import (
 	"ebb.dev/ebb/gitsource"
 	"ebb.dev/ebb/internal/config"
 	"ebb.dev/ebb/internal/dashboard"
+	"ebb.dev/ebb/internal/ratelimit"
 	"ebb.dev/ebb/planner"
 	"ebb.dev/ebb/reconciler"
 )
@@ -261,11 +262,15 @@ func newDaemon(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	records, err := dynamic.NewForConfig(opts.Home)
+	// The records and Events of executions that roll back or verify go before the others
+	// (ratelimit.Urgent). Each client has a rate limit of its own, as before; opts.Home
+	// keeps none, so the clients built from it later (the Leases', a cluster "inCluster")
+	// have their own too.
+	records, err := dynamic.NewForConfig(ratelimit.Config(opts.Home))
 	if err != nil {
 		return nil, err
 	}
-	events, err := kubernetes.NewForConfig(opts.Home)
+	events, err := kubernetes.NewForConfig(ratelimit.Config(opts.Home))
 	if err != nil {
 		return nil, err
 	}

@@ -1,11 +1,18 @@
 package daemon
 
 import (
+	"context"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/metrics"
+
+	"ebb.dev/ebb/internal/ratelimit"
 )
 
 // kubeRequests counts the daemon's requests to each cluster by verb, so that an idle daemon
@@ -20,7 +27,46 @@ func newKubeRequests(reg prometheus.Registerer) *kubeRequests {
 		Help: "Requests the daemon sent to Kubernetes API servers, by cluster, HTTP verb and resource.",
 	}, []string{"cluster", "verb", "resource"})}
 	reg.MustRegister(k.total)
+	registerClientLatency(reg)
 	return k
+}
+
+// How long requests wait for their client's rate limit, and how long the API server takes to
+// answer them, by priority (ratelimit.Urgent): whether a rollback's time goes in the client's
+// queue or in the server. client-go reports both through hooks of the process
+// (k8s.io/client-go/tools/metrics, set once), so the histograms are the process's too, and
+// every daemon's registry shows them.
+var (
+	kubeWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ebb_kube_rate_limit_wait_seconds",
+		Help:    "Time requests waited for their client's rate limit, by priority (urgent: rollbacks and verifications).",
+		Buckets: latencyBuckets,
+	}, []string{"priority"})
+	kubeLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ebb_kube_request_duration_seconds",
+		Help:    "Time Kubernetes API servers took to answer the daemon's requests (to the response's headers), by priority.",
+		Buckets: latencyBuckets,
+	}, []string{"priority"})
+	latencyBuckets    = []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	hookClientLatency sync.Once
+)
+
+func registerClientLatency(reg prometheus.Registerer) {
+	hookClientLatency.Do(func() {
+		metrics.Register(metrics.RegisterOpts{RateLimiterLatency: byPriority{kubeWait}, RequestLatency: byPriority{kubeLatency}})
+	})
+	reg.MustRegister(kubeWait, kubeLatency)
+}
+
+// byPriority observes a client-go latency under the priority of the request's context.
+type byPriority struct{ h *prometheus.HistogramVec }
+
+func (b byPriority) Observe(ctx context.Context, _ string, _ url.URL, d time.Duration) {
+	p := "normal"
+	if ratelimit.IsUrgent(ctx) {
+		p = "urgent"
+	}
+	b.h.WithLabelValues(p).Observe(d.Seconds())
 }
 
 // instrument returns a copy of cfg whose requests are counted under cluster.

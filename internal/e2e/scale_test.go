@@ -362,6 +362,10 @@ func sumPrefix(m map[string]float64, name string) float64 {
 // it started RUNNING and ROLLING_BACK; and the time the whole sync took.
 //
 // EBB_BENCH_PIPELINES=500 go test ./internal/e2e -bench BenchmarkScaleRollback -benchtime 1x -run '^$' -timeout 60m
+//
+// EBB_BENCH_DAEMON_ARGS adds flags to the daemon's (space-separated), for a diagnostic run
+// off the defaults: with "--kube-qps 100000 --kube-burst 100000", whether the client rate
+// limits are where the rollback's time goes.
 func BenchmarkScaleRollback(b *testing.B) {
 	n := scalePipelines(b)
 	e := newEnv(b, "scalerb", envOptions{})
@@ -370,7 +374,7 @@ func BenchmarkScaleRollback(b *testing.B) {
 	deleteStageNamespaces(b, e, crash)
 	good, err := e.repo.CommitFiles("release "+crash+" 1.0", e.pipelineFiles(crash, "1.0", 1))
 	require.NoError(b, err)
-	e.startDaemon("--interval", "1h", "--resync", "1h", "--log-level", "info")
+	d := e.startDaemon(append([]string{"--interval", "1h", "--resync", "1h", "--log-level", "info"}, strings.Fields(os.Getenv("EBB_BENCH_DAEMON_ARGS"))...)...)
 	daemontest.WaitExecution(b, e.store, crash, good, reconciler.Completed)
 	// The same while nothing else runs, to compare.
 	idle, _ := crashRelease(b, e, crash, "1.1-broken")
@@ -382,7 +386,9 @@ func BenchmarkScaleRollback(b *testing.B) {
 	others := func(x *reconciler.Execution) bool { return x.Spec.Pipeline != crash && x.Spec.Commit == synced }
 	awaitExecutions(b, e, 30*time.Minute, others, n/10)
 
+	waitsBefore := scrape(b, d.port)
 	seen, at := crashRelease(b, e, crash, "2.0-broken")
+	waits := scrape(b, d.port)
 	rolledBack := seen[reconciler.RollbackCompleted]
 	list, err := e.store.ListExecutions(context.Background(), "")
 	require.NoError(b, err)
@@ -405,6 +411,60 @@ func BenchmarkScaleRollback(b *testing.B) {
 	b.Logf("crash-looping release committed %s after the sync of %d pipelines began: RUNNING after %s, ROLLING_BACK after %s, ROLLBACK_COMPLETED after %s, when %d of the %d had ended; the sync took %s, %d COMPLETED, %d not",
 		at.Sub(start).Round(100*time.Millisecond), n, seen[reconciler.Running].Round(10*time.Millisecond), seen[reconciler.RollingBack].Round(10*time.Millisecond),
 		rolledBack.Round(10*time.Millisecond), ended, n, took.Round(100*time.Millisecond), completed, failed)
+	b.Logf("  the crash-looping release during the sync, from its commit: %s", timeline(d, crash, at))
+	b.Logf("  every request of the daemon from 1s before that commit to the rollback's end: %s", latencies(waitsBefore, waits))
+}
+
+// latencies says, from two scrapes of the daemon's metrics, how many requests of each
+// priority were sent in between, and how long they waited for their client's rate limit and
+// for the API server, on average.
+func latencies(before, after map[string]float64) string {
+	var parts []string
+	for _, p := range []string{"urgent", "normal"} {
+		delta := func(name string) float64 {
+			series := name + `{priority="` + p + `"}`
+			return after[series] - before[series]
+		}
+		n := delta("ebb_kube_rate_limit_wait_seconds_count")
+		if n == 0 {
+			parts = append(parts, "no "+p+" request")
+			continue
+		}
+		mean := func(name string) time.Duration {
+			return time.Duration(delta(name+"_sum") / delta(name+"_count") * float64(time.Second)).Round(100 * time.Microsecond)
+		}
+		parts = append(parts, fmt.Sprintf("%.0f %s, waited %s for the rate limit and %s for the API server on average",
+			n, p, mean("ebb_kube_rate_limit_wait_seconds"), mean("ebb_kube_request_duration_seconds")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// timeline lists, from the daemon's log, when after since pipeline's executions changed
+// status and began and ended each task: where the time of a release goes.
+func timeline(d *daemon, pipeline string, since time.Time) string {
+	var parts []string
+	for _, line := range d.Lines(`"pipeline":"` + pipeline + `"`) {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		ts, _ := m["time"].(string)
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil || at.Before(since) {
+			continue
+		}
+		what, _ := m["msg"].(string)
+		switch what {
+		case "execution status":
+			what = fmt.Sprintf("%v %v", m["execution"], m["status"])
+		case "task started", "task completed":
+			what = fmt.Sprintf("%v %s %v", m["execution"], strings.TrimPrefix(what, "task "), m["task"])
+		default:
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %s", at.Sub(since).Round(10*time.Millisecond), what))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // crashRelease commits a release of pipeline whose pods crash-loop (image tag tag, which must
