@@ -25,9 +25,12 @@ func (e *run) rollback(ctx context.Context, failed *Target, stage string, good R
 	if err != nil {
 		return err
 	}
-	// The rollback logs under its own name, with the commit and execution that failed.
+	// The rollback logs under its own name, with the commit and execution that failed. Its
+	// record was just written (created, or read as it was saved): the first task's start is
+	// batched with what follows, not written at once.
 	rr := &run{r: e.r, x: rb, log: e.r.log.With("pipeline", failed.Name(), "commit", short(failed.Commit.SHA),
-		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName), resumed: e.resumed, slot: e.slot}
+		"parent", e.x.Spec.DisplayName, "execution", rb.Spec.DisplayName), resumed: e.resumed, slot: e.slot,
+		savedAt: time.Now()}
 	if !rb.Status.Phase.Terminal() {
 		err = rr.restore(ctx, failed.Name(), stage, good)
 		if errors.Is(err, errParked) {
