@@ -31,7 +31,8 @@ import (
 // Then the home API server is killed for 22s, past the Leases' 10s renewal deadline and their
 // 15s duration, while the replicas hold them at rest. Every replica stops acting for its
 // shard within the renewal deadline (client-go gives up leading). Once the API server is
-// back, the shards are held again, one each, by live holders; the outage started no
+// back, the shards are held again, one each, by live holders, and no replica ever acts for
+// more than one meanwhile (the first one back does not take them all); the outage started no
 // execution and no rollback; and the next release of each app, committed after it, completes
 // once, deployed by whichever replica now holds its shard. Throughout, no shard is acted for
 // by two replicas at once, as the replicas' own ebb_shard_owned gauges, sampled every 100ms,
@@ -77,6 +78,7 @@ func TestShardsThroughHomeOutage(t *testing.T) {
 	require.Eventually(t, func() bool { return owners.actingNow() == 0 }, 20*time.Second, 100*time.Millisecond,
 		"a replica still acts for a shard %s after the home API server went away", time.Since(stopped).Round(time.Second))
 	t.Logf("every replica stopped acting %s after the home API server went away", time.Since(stopped).Round(100*time.Millisecond))
+	owners.countCrowding()                                // from here on, one shard each: the first replica back takes no more
 	time.Sleep(time.Until(stopped.Add(22 * time.Second))) // the outage outlasts the Leases
 	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -125,6 +127,7 @@ func TestShardsThroughHomeOutage(t *testing.T) {
 
 	owners.stop()
 	assert.Empty(t, owners.overlaps(), "shards acted for by two replicas at once")
+	assert.Empty(t, owners.crowding(), "a replica acted for more than its share after the outage")
 	assert.Positive(t, owners.samples(), "the replicas' gauges were never read")
 }
 
@@ -217,6 +220,10 @@ type ownerWatch struct {
 	now    map[string]map[int]float64
 	n      int
 	double []string
+	// crowded, once counting, lists the (first 20) samples in which a replica acted for more
+	// than one shard.
+	counting bool
+	crowded  []string
 }
 
 func newOwnerWatch(replicas map[string]*daemon, shards int) *ownerWatch {
@@ -248,6 +255,11 @@ func (w *ownerWatch) run() {
 				w.double = append(w.double, fmt.Sprintf("%s shard %d: %v", time.Now().Format("15:04:05.000"), i, acting))
 			}
 		}
+		for id, owned := range now {
+			if n := countOwned(owned); w.counting && n > 1 && len(w.crowded) < 20 {
+				w.crowded = append(w.crowded, fmt.Sprintf("%s %s: %d shards", time.Now().Format("15:04:05.000"), id, n))
+			}
+		}
 		w.mu.Unlock()
 		select {
 		case <-w.done:
@@ -263,6 +275,29 @@ func (w *ownerWatch) stop() {
 	<-w.finished
 }
 
+// countCrowding starts listing the samples in which a replica acts for more than one shard.
+func (w *ownerWatch) countCrowding() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.counting = true
+}
+
+func (w *ownerWatch) crowding() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.crowded
+}
+
+func countOwned(owned map[int]float64) int {
+	n := 0
+	for _, v := range owned {
+		if v == 1 {
+			n++
+		}
+	}
+	return n
+}
+
 // actingNow counts the shards, of every replica, acted for at the last sample; -1 when a
 // replica could not be read.
 func (w *ownerWatch) actingNow() int {
@@ -273,11 +308,7 @@ func (w *ownerWatch) actingNow() int {
 	}
 	n := 0
 	for _, owned := range w.now {
-		for _, v := range owned {
-			if v == 1 {
-				n++
-			}
-		}
+		n += countOwned(owned)
 	}
 	return n
 }
