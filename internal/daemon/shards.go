@@ -123,8 +123,9 @@ type sharder struct {
 	// clock, as client-go's leader election does: the clocks of replicas need not agree).
 	seen map[string]seenLease
 
-	// ticks counts the ticks: on the first, this replica only looks, so that replicas started
-	// together see each other's member Leases before they take shards.
+	// ticks counts the ticks since the API server last failed to answer one: on the first,
+	// this replica only looks, so that replicas started (or reconnected) together see each
+	// other's member Leases before they take shards.
 	ticks int
 	// following is the holders this replica last said it follows (it holds no shard), and
 	// waiting the Lease of another shard count it last said it waits for.
@@ -236,20 +237,22 @@ func (s *sharder) announcePushes(ctx context.Context) {
 }
 
 // tick renews this replica's member Lease, then takes or hands back shards to hold its fair
-// share, from the Leases as the watch last saw them.
+// share, from the Leases as the watch last saw them (or the API server, when the watch is
+// behind). After a tick that could not reach the API server, the next one only looks, as the
+// first does: the replicas come back together, and each must see the others' member Leases
+// renewed before it takes its share, or the first back takes every shard.
 func (s *sharder) tick(ctx context.Context) error {
-	if err := s.renewMember(ctx); err != nil {
+	leases, err := s.view(ctx)
+	if err == nil {
+		err = s.renewMember(ctx, leases[memberLeaseName(s.id)])
+	}
+	if err != nil {
+		s.ticks = 0
 		return err
 	}
 	now := time.Now()
-	leases := map[string]*coordinationv1.Lease{}
 	members, foreign := 0, ""
-	for _, obj := range s.leases.GetStore().List() {
-		l, ok := obj.(*coordinationv1.Lease)
-		if !ok {
-			continue
-		}
-		leases[l.Name] = l
+	for _, l := range leases {
 		live := s.live(l, now)
 		switch n, isShard := shardCount(l); {
 		case isShard && n != s.shards && live:
@@ -387,14 +390,44 @@ func (s *sharder) handBackOne(fair int) {
 	}
 }
 
-// renewMember renews (or creates) this replica's member Lease, from its copy in the watch.
-func (s *sharder) renewMember(ctx context.Context) error {
+// view returns the Leases, by name, as the watch last saw them; or, when the watch is behind,
+// as the API server has them now. The watch is behind when it has not shown this replica's
+// own member Lease renewed for a few ticks: after an outage of the API server, client-go's
+// reflector backs off for up to a minute before it lists again, and meanwhile every other
+// replica's member Lease would look expired (so this one would take every shard) and each
+// renewal from the stale copy would conflict.
+func (s *sharder) view(ctx context.Context) (map[string]*coordinationv1.Lease, error) {
+	leases := map[string]*coordinationv1.Lease{}
+	for _, obj := range s.leases.GetStore().List() {
+		if l, ok := obj.(*coordinationv1.Lease); ok {
+			leases[l.Name] = l
+		}
+	}
+	own := leases[memberLeaseName(s.id)]
+	if own == nil || own.Spec.RenewTime == nil || time.Since(own.Spec.RenewTime.Time) < 3*retryPeriod {
+		return leases, nil // up to date, or this replica's member Lease is not created yet
+	}
+	list, err := s.client.CoordinationV1().Leases(s.namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list the Leases, the watch being behind: %w", err)
+	}
+	clear(leases)
+	for i := range list.Items {
+		l := &list.Items[i]
+		s.observe(nil, l)
+		leases[l.Name] = l
+	}
+	return leases, nil
+}
+
+// renewMember renews (or creates) this replica's member Lease, from own, its copy in the
+// view (nil: there is none yet).
+func (s *sharder) renewMember(ctx context.Context, own *coordinationv1.Lease) error {
 	leases := s.client.CoordinationV1().Leases(s.namespace)
 	name := memberLeaseName(s.id)
 	now := metav1.NewMicroTime(time.Now())
 	secs := int32(leaseDuration / time.Second)
-	obj, ok, _ := s.leases.GetStore().GetByKey(s.namespace + "/" + name)
-	if !ok {
+	if own == nil {
 		_, err := leases.Create(ctx, &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{labelLease: "member"}},
 			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &s.id, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
@@ -404,7 +437,7 @@ func (s *sharder) renewMember(ctx context.Context) error {
 		}
 		return err
 	}
-	l := obj.(*coordinationv1.Lease).DeepCopy()
+	l := own.DeepCopy()
 	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.RenewTime = &s.id, &secs, &now
 	_, err := leases.Update(ctx, l, metav1.UpdateOptions{})
 	if apierrors.IsConflict(err) {

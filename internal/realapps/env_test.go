@@ -149,6 +149,21 @@ clusters:
 	return e
 }
 
+// beside adds the pipeline name of app a to e: the env it returns shares e's repository,
+// records and daemons, and writes a's files, as written, under apps/<name>/. Its stages
+// deploy to the namespaces <name>-dev and <name>, which the test's cleanup deletes.
+func (e *env) beside(name string, a app) *env {
+	e.t.Helper()
+	f := *e
+	f.name, f.app = name, a
+	e.t.Cleanup(func() {
+		deleteNamespace(e.t, f.devCS, f.devNS())
+		deleteNamespace(e.t, f.prodCS, f.prodNS())
+	})
+	require.NoError(e.t, os.CopyFS(f.appDir(), os.DirFS(filepath.Join(testdata, a.dir))))
+	return &f
+}
+
 func deleteNamespace(t testing.TB, cs kubernetes.Interface, ns string) {
 	err := cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 	if err != nil && !strings.Contains(err.Error(), "not found") {
