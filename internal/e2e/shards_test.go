@@ -66,14 +66,18 @@ func TestShardsShareAndHandOver(t *testing.T) {
 		replicas[id] = e.startDaemon("--leader-elect=true", "--shards", fmt.Sprint(shards), "--identity", id)
 	}
 	// One shard each.
+	var holders []string
 	require.Eventually(t, func() bool {
+		holders = shardHolders(t, e, shards)
 		seen := map[string]bool{}
-		for _, h := range shardHolders(t, e, shards) {
-			seen[h] = h != ""
+		for _, h := range holders {
+			if h == "" || replicas[h] == nil {
+				return false
+			}
+			seen[h] = true
 		}
-		return len(seen) == shards && !seen[""]
+		return len(seen) == shards
 	}, 60*time.Second, 200*time.Millisecond, "the replicas did not share the shards out: %v", shardHolders(t, e, shards))
-	holders := shardHolders(t, e, shards)
 
 	sha, err := e.repo.CommitFiles("nine pipelines", files)
 	require.NoError(t, err)
