@@ -52,9 +52,11 @@ func mustSub(b *testing.B, fsys fs.FS, dir string) fs.FS {
 
 // loadAndRender is what the daemon does with a new snapshot: parse and validate every
 // pipeline, then render every stage.
-func loadAndRender(b *testing.B, r *Renderer, dir string) []*Release {
+func loadAndRender(b *testing.B, r *Renderer, dir string, parsed *ParseCache) []*Release {
 	repo := NewRepo(os.DirFS(dir))
-	pipelines, err := Load(repo, testClusters)
+	opts := testClusters
+	opts.Parsed = parsed
+	pipelines, err := Load(repo, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,7 +74,7 @@ func BenchmarkLoadRender500(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		releases := loadAndRender(b, NewRenderer(testClusters), dir)
+		releases := loadAndRender(b, NewRenderer(testClusters), dir, nil)
 		if len(releases) != 1000 {
 			b.Fatalf("rendered %d releases, want 1000", len(releases))
 		}
@@ -80,15 +82,17 @@ func BenchmarkLoadRender500(b *testing.B) {
 }
 
 // BenchmarkLoadRender500Unchanged is a poll that found a new commit which changed none of the
-// pipelines' inputs: every release comes from the cache, kustomize does not run.
+// pipelines' inputs, as the daemon plans it: every file's parse and every release come from
+// the caches, kustomize does not run.
 func BenchmarkLoadRender500Unchanged(b *testing.B) {
 	dir := benchRepo(b, 500)
 	r := NewRenderer(testClusters)
-	first := loadAndRender(b, r, dir)
+	parsed := &ParseCache{}
+	first := loadAndRender(b, r, dir, parsed)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		releases := loadAndRender(b, r, dir)
+		releases := loadAndRender(b, r, dir, parsed)
 		for i, rel := range releases {
 			if rel != first[i] {
 				b.Fatalf("release %s/%s was rendered again", rel.Pipeline, rel.Stage)

@@ -30,7 +30,9 @@ func Load(repo *Repo, opts Options) ([]*Pipeline, error) {
 		valid    []*Pipeline
 		declared []*Pipeline
 	)
+	found := make(map[string]bool, len(files))
 	for _, f := range files {
+		found[f.name] = true
 		pipelines, fileErrs := loadFile(repo, f.name, f.data, opts)
 		errs = append(errs, fileErrs...)
 		declared = append(declared, pipelines...)
@@ -38,6 +40,7 @@ func Load(repo *Repo, opts Options) ([]*Pipeline, error) {
 			valid = append(valid, pipelines...)
 		}
 	}
+	opts.Parsed.keepOnly(found)
 	valid, dupErrs := dropDuplicates(valid, declared)
 	errs = append(errs, dupErrs...)
 	errs.Sort()
@@ -47,10 +50,11 @@ func Load(repo *Repo, opts Options) ([]*Pipeline, error) {
 // loadFile parses and validates one file. It returns every pipeline the file declares and
 // the file's errors; the pipelines are valid only if there are none.
 func loadFile(repo *Repo, name string, data []byte, opts Options) ([]*Pipeline, strictyaml.ErrorList) {
-	pipelines, errs := parseFile(name, data, opts)
+	pipelines, errs := opts.Parsed.parse(name, data, opts)
 	if len(errs) > 0 {
 		return pipelines, errs
 	}
+	errs = nil // the parse's own list is shared with the cache
 	for _, p := range pipelines {
 		errs = append(errs, validateManifests(p, repo, opts)...)
 		errs = append(errs, helmValidate(p, repo)...)

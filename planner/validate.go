@@ -24,6 +24,9 @@ type Options struct {
 	// Limits bound what is read from the repository and how long a render may take; zero
 	// fields take DefaultLimits.
 	Limits Limits
+	// Parsed, when set, keeps each pipeline file's parse for the next Load: the daemon loads
+	// every commit, and most files are unchanged.
+	Parsed *ParseCache
 }
 
 // DefaultOptions returns Options that check no cluster names, refuse remote bases and keep

@@ -88,6 +88,8 @@ type Daemon struct {
 	log      *slog.Logger
 	source   *gitsource.Source
 	renderer *planner.Renderer
+	// parsed keeps each pipeline file's parse between the commits plan loads.
+	parsed   planner.ParseCache
 	clusters *clusters
 	reg      *prometheus.Registry
 	kube     *kubeRequests
@@ -428,7 +430,9 @@ func (d *Daemon) resync(ctx context.Context, sh *shard) {
 func (d *Daemon) plan(snap *gitsource.Snapshot, owns func(string) bool, ready func(*reconciler.Target)) ([]*reconciler.Target, *gitView) {
 	log := d.log.With("commit", snap.ShortCommit())
 	repo := planner.NewRepo(snap.FS)
-	pipelines, loadErr := planner.Load(repo, plannerOptions(d.opts.Config))
+	opts := plannerOptions(d.opts.Config)
+	opts.Parsed = &d.parsed
+	pipelines, loadErr := planner.Load(repo, opts)
 	if loadErr != nil {
 		log.Error("pipelines with errors are skipped", "err", loadErr)
 	}
