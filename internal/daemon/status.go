@@ -234,6 +234,7 @@ func (s *statusWriter) refresh(ctx context.Context) error {
 			}
 			continue
 		}
+		saved.ManagedFields = nil // nothing reads them, and an update without them keeps them
 		s.mu.Lock()
 		s.objects[w.key] = saved
 		s.mu.Unlock()
@@ -322,6 +323,7 @@ func (s *statusWriter) read(ctx context.Context) error {
 		s.mu.Lock()
 		s.objects = map[string]*reconciler.Pipeline{}
 		for i := range list {
+			list[i].ManagedFields = nil
 			s.objects[list[i].Name] = &list[i]
 		}
 		s.listed, s.all = true, true
