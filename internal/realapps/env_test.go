@@ -396,8 +396,17 @@ func driftEvents(t testing.TB, cs kubernetes.Interface, ns string) []string {
 // scrape reads the daemon's metrics as "name{labels}" -> value.
 func scrape(t testing.TB, port int) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	out, err := readMetrics(port)
 	require.NoError(t, err)
+	return out
+}
+
+// readMetrics is scrape for a goroutine other than the test's: it returns the error.
+func readMetrics(port int) (map[string]float64, error) {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		return nil, err
+	}
 	defer resp.Body.Close()
 	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
@@ -415,7 +424,7 @@ func scrape(t testing.TB, port int) map[string]float64 {
 			out[line[:i]] = v
 		}
 	}
-	return out
+	return out, sc.Err()
 }
 
 // sum adds the series of metric name whose labels contain every one of labels (`k="v"`).

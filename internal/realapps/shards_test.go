@@ -1,13 +1,10 @@
 package realapps
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -327,22 +324,16 @@ func (w *ownerWatch) samples() int {
 
 // ownedShards reads a daemon's ebb_shard_owned gauges, by shard.
 func ownedShards(port int) (map[int]float64, error) {
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	m, err := readMetrics(port)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
 	out := map[int]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
+	for k, v := range m {
 		var shard int
-		var v float64
-		if rest, ok := strings.CutPrefix(sc.Text(), "ebb_shard_owned{"); ok {
-			if _, err := fmt.Sscanf(rest, `shard="%d"} %g`, &shard, &v); err == nil {
-				out[shard] = v
-			}
+		if _, err := fmt.Sscanf(k, `ebb_shard_owned{shard="%d"}`, &shard); err == nil {
+			out[shard] = v
 		}
 	}
-	return out, sc.Err()
+	return out, nil
 }
